@@ -1,0 +1,1 @@
+"""One module per `workbench` subcommand; see workbench/cli.py for the contract."""

@@ -1,0 +1,16 @@
+"""`workbench data` (being written)."""
+from __future__ import annotations
+
+import argparse
+
+from workbench.errors import WorkbenchError
+
+HELP = "(data: being written)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise WorkbenchError("'data' is not available yet")

@@ -1,0 +1,16 @@
+"""`workbench run` (being written)."""
+from __future__ import annotations
+
+import argparse
+
+from workbench.errors import WorkbenchError
+
+HELP = "(run: being written)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise WorkbenchError("'run' is not available yet")

@@ -1,0 +1,1 @@
+"""Images, benchmark sets, MATLAB-compatible resizing and training data."""

@@ -1,0 +1,335 @@
+"""RLFN (Residual Local Feature Network) built from an explicit width specification.
+
+Every channel width that pruning can change is a field of :class:`RLFNSpec`, so a pruned model is
+rebuilt exactly from its spec alone. The module and parameter names match the original release
+(``conv_1``, ``block_<i>.c1_r`` ... ``upsampler.0``), so its checkpoints load strictly.
+
+Channel groups (channels that must be pruned together because an add or a multiply couples them)
+map one-to-one onto spec fields; see :func:`group_widths`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_LR_SIZE = 15  # ESA: conv2 (3x3, stride 2, no pad) then max-pool k7 s3 needs at least 15x15
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Widths of one residual local feature block.
+
+    ``mid1``/``mid2`` are the outputs of ``c1_r``/``c2_r``; ``out`` is the output of the 1x1 ``c5``
+    (and so the input width of the next block). ``esa`` is ESA's ``conv1`` output (its reduction
+    width, 16 in the release), ``esa_inner`` the ``conv2`` output and ``esa_fuse`` the common output
+    of ``conv_f`` and ``conv3`` (they are added). The block's input width, which ``c3_r`` must
+    produce for the residual add, is given by the previous block (or the stem).
+    """
+
+    mid1: int
+    mid2: int
+    out: int
+    esa: int = 16
+    esa_inner: int = 16
+    esa_fuse: int = 16
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BlockSpec.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RLFNSpec:
+    """Everything that rebuilds an RLFN: scale, stem (trunk) width and one :class:`BlockSpec` each."""
+
+    scale: int
+    trunk: int
+    blocks: tuple[BlockSpec, ...]
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.scale not in (1, 2, 3, 4, 8):
+            raise ValueError(f"RLFNSpec.scale must be one of 1, 2, 3, 4, 8, got {self.scale!r}")
+        if not isinstance(self.trunk, int) or self.trunk < 1:
+            raise ValueError(f"RLFNSpec.trunk must be a positive integer, got {self.trunk!r}")
+        if len(self.blocks) < 1:
+            raise ValueError("RLFNSpec needs at least one block")
+        blocks = tuple(b if isinstance(b, BlockSpec) else BlockSpec(**b) for b in self.blocks)
+        object.__setattr__(self, "blocks", blocks)
+
+    # -- construction helpers -------------------------------------------------------------
+    @classmethod
+    def uniform(cls, *, scale: int, feature: int, mid: int | None = None, esa: int = 16,
+                blocks: int = 6) -> "RLFNSpec":
+        """The release's shape: one trunk width everywhere, one middle width, one ESA width."""
+        mid = feature if mid is None else mid
+        return cls(scale=scale, trunk=feature,
+                   blocks=tuple(BlockSpec(mid, mid, feature, esa, esa, esa) for _ in range(blocks)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": "rlfn", "scale": self.scale, "trunk": self.trunk,
+                "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "blocks": [asdict(b) for b in self.blocks]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RLFNSpec":
+        data = dict(data)
+        arch = data.pop("arch", "rlfn")
+        if arch != "rlfn":
+            raise ValueError(f"unknown architecture {arch!r} (this workbench builds 'rlfn')")
+        known = {"scale", "trunk", "blocks", "in_channels", "out_channels"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown architecture fields {sorted(unknown)}")
+        blocks = tuple(BlockSpec(**b) for b in data.pop("blocks"))
+        return cls(blocks=blocks, **data)
+
+    def block_in(self, index: int) -> int:
+        """Input width of block ``index`` (0-based)."""
+        return self.trunk if index == 0 else self.blocks[index - 1].out
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def with_widths(self, widths: Mapping[str, int]) -> "RLFNSpec":
+        """A copy with some groups set to new widths (names as in :func:`group_widths`)."""
+        current = group_widths(self)
+        unknown = set(widths) - set(current)
+        if unknown:
+            raise KeyError(f"unknown channel groups {sorted(unknown)}; known: {sorted(current)}")
+        trunk = self.trunk
+        blocks = [asdict(b) for b in self.blocks]
+        for name, width in widths.items():
+            kind, idx, fld = _parse_group(name)
+            if kind == "trunk" and idx == 0:
+                trunk = int(width)
+            elif kind == "trunk":
+                blocks[idx - 1]["out"] = int(width)
+            else:
+                blocks[idx - 1][fld] = int(width)
+        return replace(self, trunk=trunk, blocks=tuple(BlockSpec(**b) for b in blocks))
+
+    def describe(self) -> str:
+        widths = {b.out for b in self.blocks} | {self.trunk}
+        mids = {(b.mid1, b.mid2) for b in self.blocks}
+        esas = {(b.esa, b.esa_inner, b.esa_fuse) for b in self.blocks}
+        if len(widths) == 1 and len(mids) == 1 and len(esas) == 1:
+            (m1, m2), (e1, _, _) = next(iter(mids)), next(iter(esas))
+            mid = m1 if m1 == m2 else f"{m1}/{m2}"
+            return f"RLFN x{self.scale}: trunk {self.trunk}, mid {mid}, ESA {e1}, {self.num_blocks} blocks"
+        return f"RLFN x{self.scale}: {self.num_blocks} blocks, non-uniform widths {group_widths(self)}"
+
+
+_BLOCK_FIELDS = {"mid1": "mid1", "mid2": "mid2", "esa.reduce": "esa", "esa.inner": "esa_inner",
+                 "esa.fuse": "esa_fuse"}
+
+
+def _parse_group(name: str) -> tuple[str, int, str]:
+    if name.startswith("trunk."):
+        return "trunk", int(name.split(".", 1)[1]), "out"
+    head, _, rest = name.partition(".")
+    if not head.startswith("block") or rest not in _BLOCK_FIELDS:
+        raise KeyError(f"not a channel group name: {name!r}")
+    return "block", int(head[len("block"):]), _BLOCK_FIELDS[rest]
+
+
+def group_widths(spec: RLFNSpec) -> dict[str, int]:
+    """Readable name -> width of every coupled channel group, in network order.
+
+    ``trunk.0`` is the stem group (conv_1 output, block 1's input, c3 output and c5 input, conv_2
+    output, upsampler input); ``trunk.<i>`` is block i's c5 output, which feeds its ESA and block i+1
+    (or conv_2). Inside block i: ``block<i>.mid1``, ``block<i>.mid2``, ``block<i>.esa.reduce`` (conv1
+    output), ``block<i>.esa.inner`` (conv2 output) and ``block<i>.esa.fuse`` (conv_f/conv3 output).
+    The upsampler's output never appears: PixelShuffle needs all 3*s^2 channels.
+    """
+    out = {"trunk.0": spec.trunk}
+    for i, b in enumerate(spec.blocks, start=1):
+        out[f"block{i}.mid1"] = b.mid1
+        out[f"block{i}.mid2"] = b.mid2
+        out[f"block{i}.esa.reduce"] = b.esa
+        out[f"block{i}.esa.inner"] = b.esa_inner
+        out[f"block{i}.esa.fuse"] = b.esa_fuse
+        out[f"trunk.{i}"] = b.out
+    return out
+
+
+def conv_layer(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+               padding: int | None = None) -> nn.Conv2d:
+    """Conv2d with 'same' padding by default, as the release builds them."""
+    if padding is None:
+        padding = (kernel_size - 1) // 2
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+
+
+class ESA(nn.Module):
+    """Enhanced Spatial Attention (RFANet), as used in each RLFN block."""
+
+    def __init__(self, channels: int, reduce: int, inner: int, fuse: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, reduce, 1)
+        self.conv_f = nn.Conv2d(reduce, fuse, 1)
+        self.conv2 = nn.Conv2d(reduce, inner, 3, stride=2, padding=0)
+        self.conv3 = nn.Conv2d(inner, fuse, 3, padding=1)
+        self.conv4 = nn.Conv2d(fuse, channels, 1)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = self.conv1(x)
+        down = self.conv2(reduced)
+        pooled = F.max_pool2d(down, kernel_size=7, stride=3)
+        up = self.conv3(pooled)
+        up = F.interpolate(up, size=(x.size(2), x.size(3)), mode="bilinear", align_corners=False)
+        mask = self.sigmoid(self.conv4(up + self.conv_f(reduced)))
+        return x * mask
+
+
+class RLFB(nn.Module):
+    """Residual local feature block: three 3x3 conv + LeakyReLU(0.05), residual add, 1x1, ESA."""
+
+    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+        super().__init__()
+        self.c1_r = conv_layer(in_channels, spec.mid1, 3)
+        self.c2_r = conv_layer(spec.mid1, spec.mid2, 3)
+        self.c3_r = conv_layer(spec.mid2, in_channels, 3)
+        self.c5 = conv_layer(in_channels, spec.out, 1)
+        self.esa = ESA(spec.out, spec.esa, spec.esa_inner, spec.esa_fuse)
+        self.act = nn.LeakyReLU(negative_slope=0.05, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.c1_r(x))
+        out = self.act(self.c2_r(out))
+        out = self.act(self.c3_r(out))
+        out = out + x
+        return self.esa(self.c5(out))
+
+
+class RLFN(nn.Module):
+    """RLFN: conv 3x3, blocks, conv 3x3 + long skip, conv 3x3 to out*s^2, PixelShuffle.
+
+    Takes and returns images on the 0..255 scale (the release was trained that way).
+    """
+
+    def __init__(self, spec: RLFNSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.conv_1 = conv_layer(spec.in_channels, spec.trunk, 3)
+        for i, block in enumerate(spec.blocks):
+            self.add_module(f"block_{i + 1}", RLFB(spec.block_in(i), block))
+        self.conv_2 = conv_layer(spec.blocks[-1].out, spec.trunk, 3)
+        self.upsampler = nn.Sequential(
+            conv_layer(spec.trunk, spec.out_channels * spec.scale ** 2, 3),
+            nn.PixelShuffle(spec.scale),
+        )
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
+    def blocks(self) -> list[RLFB]:
+        return [getattr(self, f"block_{i + 1}") for i in range(self.spec.num_blocks)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature = self.conv_1(x)
+        out = feature
+        for block in self.blocks():
+            out = block(out)
+        out = self.conv_2(out) + feature
+        return self.upsampler(out)
+
+
+def spec_from_state_dict(state: Mapping[str, torch.Tensor], *, scale: int | None = None) -> RLFNSpec:
+    """Infer every width (and the scale) of an RLFN from its weights' shapes.
+
+    Raises ValueError naming what is missing when the keys are not an RLFN's.
+    """
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise ValueError(f"missing key {key!r}: not an RLFN state dict")
+        return tuple(state[key].shape)
+
+    trunk = shape("conv_1.weight")[0]
+    in_channels = shape("conv_1.weight")[1]
+    n = 0
+    while f"block_{n + 1}.c1_r.weight" in state:
+        n += 1
+    if n == 0:
+        raise ValueError("no 'block_1.*' keys: not an RLFN state dict")
+    blocks = []
+    for i in range(1, n + 1):
+        p = f"block_{i}."
+        blocks.append(BlockSpec(
+            mid1=shape(p + "c1_r.weight")[0], mid2=shape(p + "c2_r.weight")[0],
+            out=shape(p + "c5.weight")[0], esa=shape(p + "esa.conv1.weight")[0],
+            esa_inner=shape(p + "esa.conv2.weight")[0], esa_fuse=shape(p + "esa.conv3.weight")[0]))
+    up_out = shape("upsampler.0.weight")[0]
+    out_channels = in_channels
+    inferred = int(round((up_out / out_channels) ** 0.5))
+    if inferred * inferred * out_channels != up_out:
+        raise ValueError(f"upsampler.0 has {up_out} outputs: not {out_channels}*s^2 for any scale")
+    if scale is not None and scale != inferred:
+        raise ValueError(f"weights are for x{inferred}, not x{scale}")
+    return RLFNSpec(scale=inferred, trunk=trunk, blocks=tuple(blocks), in_channels=in_channels,
+                    out_channels=out_channels)
+
+
+# The NTIRE 2022 challenge copy (team 04) names the same tensors differently.
+_CHALLENGE_PREFIXES = (("fea_conv.", "conv_1."), ("LR_conv.", "conv_2."))
+
+
+def normalize_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map known alternative key layouts onto this module's names.
+
+    Handles the challenge copy (fea_conv, B1..Bn, LR_conv), wrappers that nest the weights under
+    'params'/'params_ema'/'state_dict'/'model', and DataParallel/DDP 'module.' prefixes.
+    """
+    for wrapper in ("params_ema", "params", "state_dict", "model"):
+        if wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+            break
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        for old, new in _CHALLENGE_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+        if key.startswith("B") and key[1:2].isdigit():
+            num, _, rest = key[1:].partition(".")
+            key = f"block_{int(num)}.{rest}"
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    feature: int
+    mid: int
+    esa: int
+    blocks: int
+    about: str = ""
+    checkpoint: dict[int, str] = field(default_factory=dict)
+
+    def spec(self, scale: int) -> RLFNSpec:
+        return RLFNSpec.uniform(scale=scale, feature=self.feature, mid=self.mid, esa=self.esa,
+                                blocks=self.blocks)
+
+
+PRESETS: dict[str, Preset] = {
+    "rlfn": Preset("rlfn", 52, 52, 16, 6, "RLFN of the paper (52 channels, 6 blocks)",
+                   {2: "rlfn_x2.pth", 4: "rlfn_x4.pth"}),
+    "rlfn_s": Preset("rlfn_s", 48, 48, 16, 6, "RLFN-S of the paper (48 channels, 6 blocks)",
+                     {2: "rlfn_s_x2.pth", 4: "rlfn_s_x4.pth"}),
+    "rlfn_ntire": Preset("rlfn_ntire", 46, 48, 16, 4,
+                         "NTIRE 2022 runtime-track winner (trunk 46, mid 48, 4 blocks)",
+                         {4: "rlfn_ntire_x4.pth"}),
+    # Tiny variants for tests and smoke runs: seconds on a CPU.
+    "rlfn_tiny": Preset("rlfn_tiny", 8, 8, 4, 2, "tiny test model (8 channels, 2 blocks)"),
+}
