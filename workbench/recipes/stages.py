@@ -1,2 +1,4 @@
 """Importing this module registers every stage type (each registers itself in its own module)."""
-# Each helper module adds one import line here when its stages exist.
+from workbench.train import stages as _train_stages  # noqa: F401
+from workbench.prune import stages as _prune_stages  # noqa: F401
+from workbench.search import stages as _search_stages  # noqa: F401

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models on CPU, a fixed seed, the ../shared folder beside the checkout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.models import RLFN, RLFNSpec
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (weights, Set5/Set14/T91, reference figures); CI lays it beside the clone."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside this checkout")
+    return SHARED
+
+
+@pytest.fixture
+def tiny_spec() -> RLFNSpec:
+    """8-channel, 2-block x2 RLFN: a forward pass on 16x16 takes milliseconds."""
+    return RLFNSpec.uniform(scale=2, feature=8, mid=8, esa=4, blocks=2)
+
+
+@pytest.fixture
+def tiny_model(tiny_spec: RLFNSpec) -> RLFN:
+    torch.manual_seed(0)
+    return RLFN(tiny_spec).eval()
