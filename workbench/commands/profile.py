@@ -1,16 +1,161 @@
-"""`workbench profile` (being written)."""
+"""`workbench profile`: NTIRE counts, latency, the NTIRE runtime protocol and a trunk-width sweep."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from workbench.errors import WorkbenchError
+HELP = "count params/FLOPs/activations (NTIRE style) and measure latency on this device"
 
-HELP = "(profile: being written)"
+DESCRIPTION = """\
+Profile a model on the device it will run on.
+
+Counts (always): parameters, FLOPs (conv multiply-accumulates + LeakyReLU outputs), activations
+(sum of conv output elements) and the number of convs, as the NTIRE 2022 efficient-SR challenge
+counts them for a 3x256x256 input.
+
+Latency (unless --no-latency): warm-up, then median and p90 over --repeats forward passes of a
+random input of --input shape (CUDA events + synchronisation on GPU, perf_counter on CPU).
+--ntire-folder adds the challenge protocol: mean per-image time over a folder of full LR images.
+--sweep rebuilds the model with each trunk width of a range (random weights) and measures them
+interleaved, writing a CSV and a PNG plot: latency does not fall smoothly with width.
+
+Results record device, dtype, threads, torch version and input shape; --out writes them as JSON.
+On a shared machine, quote ratios measured in one run rather than absolute times.
+
+examples:
+  workbench profile --model rlfn_ntire_x4
+  workbench profile --model runs/x/sfp/artifact --threads 2 --repeats 50 --out profile.json
+  workbench profile --model rlfn_s_x4 --ntire-folder ../shared/data/Set14/LR_bicubic/X4
+  workbench profile --model rlfn_s_x4 --sweep 32:64:2 --sweep-dir sweep/
+  workbench profile --model rlfn_ntire_x4 --deploy fused      # the deploy path's latency
+  workbench profile --model rlfn_s_x4 --sweep 32:64:2 --threads 1 --clock cpu   # busy machine
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--model", required=True, metavar="REF",
+                        help="a name (rlfn_s_x4), a released .pth, or an artifact (file or folder)")
+    parser.add_argument("--input", default="1x3x256x256", metavar="NxCxHxW",
+                        help="input shape for the counts and the latency (default 1x3x256x256)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="device for the latency (default: auto = CUDA if available)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="weights and input dtype for the latency (fp16: CUDA only)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed forward passes (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed passes first (default 5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for the measurement (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time (default); cpu: this process's CPU time, which "
+                             "hardly moves when other processes load the machine (use with "
+                             "--threads 1)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="time with channels_last memory format (model and input)")
+    parser.add_argument("--deploy", default=None, metavar="MODE",
+                        help="time the model prepared by workbench.deploy in MODE (channels_last, "
+                             "fused, compile, bf16, fp16, cuda_graph, ...) instead of as is")
+    parser.add_argument("--no-latency", action="store_true", help="counts only")
+    parser.add_argument("--ntire-folder", type=Path, default=None, metavar="DIR",
+                        help="also time the NTIRE protocol: mean per-image time over DIR's images")
+    parser.add_argument("--sweep", default=None, metavar="START:STOP[:STEP]",
+                        help="latency per uniform trunk width, e.g. 32:64:2 (inclusive)")
+    parser.add_argument("--sweep-mid", action="store_true",
+                        help="the sweep also sets every block's middle width to the trunk width")
+    parser.add_argument("--sweep-dir", type=Path, default=Path("sweep"), metavar="DIR",
+                        help="where the sweep's CSV and PNG go (default ./sweep)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="write everything as JSON")
+
+
+def _fmt_ms(r: dict) -> str:
+    return (f"median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, min {r['min_ms']:.2f} ms "
+            f"({r['repeats']} runs after {r['warmup']} warm-up)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise WorkbenchError("'profile' is not available yet")
+    from workbench.artifacts import atomic_write_json, environment, load_model
+    from workbench.errors import WorkbenchError
+    from workbench.evaluate import resolve_device
+    from workbench.profiling import (measure_latency, ntire_counts, ntire_latency, parse_dtype,
+                                     parse_range, parse_shape, plot_sweep, sweep_trunk_widths,
+                                     write_sweep_csv)
+
+    shape = parse_shape(args.input)
+    dtype = parse_dtype(args.dtype)
+    if args.repeats < 1 or args.warmup < 0:
+        raise WorkbenchError("--repeats must be >= 1 and --warmup >= 0")
+    widths = parse_range(args.sweep) if args.sweep else None
+    device = resolve_device(args.device)
+    if args.deploy is not None:
+        from workbench.deploy import MODES, available_modes
+
+        if args.deploy not in available_modes(device):
+            where = "needs a CUDA GPU" if args.deploy in MODES else "is unknown"
+            raise WorkbenchError(f"--deploy {args.deploy}: mode {where}; modes on {device}: "
+                                 f"{', '.join(available_modes(device))}")
+        if args.dtype != "fp32" or args.channels_last:
+            raise WorkbenchError("--deploy sets dtype and memory format itself; drop --dtype and "
+                                 "--channels-last")
+    art = load_model(args.model)
+    model = art.model.eval()
+    if shape[1] != art.spec.in_channels:
+        raise WorkbenchError(f"--input {args.input}: the model takes {art.spec.in_channels} "
+                             f"channels, not {shape[1]}")
+    counts = ntire_counts(model, input_shape=shape)
+    report: dict = {"command": "profile", "model": str(args.model), "architecture": art.spec.to_dict(),
+                    "counts": counts, "environment": environment()}
+    print(f"{args.model}: {art.spec.describe()}")
+    print(f"  params      {counts['params']:,}")
+    print(f"  FLOPs       {counts['flops_g']:.2f} G   (NTIRE: conv MACs + LeakyReLU, input "
+          f"{'x'.join(map(str, shape))})")
+    print(f"  activations {counts['acts_m']:.2f} M")
+    print(f"  convs       {counts['convs']}")
+    common = dict(device=device, dtype=dtype, threads=args.threads, channels_last=args.channels_last)
+    timed, prepared = model, False
+    if args.deploy is not None and not (args.no_latency and args.ntire_folder is None):
+        from workbench.deploy import prepare
+
+        timed, prepared = prepare(model, device=device, mode=args.deploy, example_shape=shape), True
+        report["deploy_mode"] = args.deploy
+    if not args.no_latency:
+        lat = measure_latency(timed, input_shape=shape, warmup=args.warmup, repeats=args.repeats,
+                              prepared=prepared, clock=args.clock, **common)
+        if prepared:
+            lat["deploy_mode"] = args.deploy
+        report["latency"] = lat
+        print(f"  latency     {_fmt_ms(lat)}")
+        print(f"              on {lat['device']} ({lat['device_name']}), {lat['dtype']}, "
+              f"{lat['threads']} threads, torch {lat['torch']}"
+              + (", channels_last" if args.channels_last else "")
+              + (f", deploy mode {args.deploy}" if prepared else "")
+              + (", CPU-time clock" if args.clock == "cpu" else ""))
+    if args.ntire_folder is not None:
+        nl = ntire_latency(timed, args.ntire_folder, warmup=args.warmup, progress=True,
+                           prepared=prepared, clock=args.clock, **common)
+        report["ntire_latency"] = nl
+        print(f"  NTIRE       mean {nl['mean_ms']:.2f} ms per image over {nl['images']} images "
+              f"in {args.ntire_folder}")
+    if widths is not None:
+        rows = sweep_trunk_widths(art.spec, widths, input_shape=shape, warmup=min(args.warmup, 3),
+                                  repeats=args.repeats, include_mid=args.sweep_mid,
+                                  deploy_mode=args.deploy, clock=args.clock, **common)
+        args.sweep_dir.mkdir(parents=True, exist_ok=True)
+        stem = Path(str(args.model)).stem + ("_mid" if args.sweep_mid else "")
+        csv_path = write_sweep_csv(rows, args.sweep_dir / f"sweep_{stem}.csv")
+        png_path = plot_sweep(rows, args.sweep_dir / f"sweep_{stem}.png",
+                              reference_width=art.spec.trunk)
+        base = next((r for r in rows if r["width"] == art.spec.trunk), None)
+        print(f"  trunk-width sweep ({len(rows)} widths, interleaved, median of {args.repeats}"
+              + (f", deploy mode {args.deploy}" if args.deploy else "") + "):")
+        print(f"    {'width':>5}  {'params':>9}  {'GFLOPs':>7}  {'median ms':>9}  {'p90 ms':>8}"
+              + ("  vs base" if base else ""))
+        for r in rows:
+            rel = f"  {r['median_ms'] / base['median_ms']:.2f}x" if base else ""
+            print(f"    {r['width']:>5}  {r['params']:>9,}  {r['flops_g']:>7.2f}  "
+                  f"{r['median_ms']:>9.2f}  {r['p90_ms']:>8.2f}{rel}")
+        print(f"  wrote {csv_path} and {png_path}")
+        report["sweep"] = {"rows": rows, "csv": str(csv_path), "png": str(png_path)}
+    if args.out is not None:
+        atomic_write_json(args.out, report)
+        print(f"wrote {args.out}")
+    return 0

@@ -41,6 +41,11 @@ class StageContext:
     data: Mapping[str, Any] = field(default_factory=dict)   # the recipe's resolved data section
     recipe_sha256: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)    # engine-provided services (writer, ...)
+    recipe: Any = None            # the typed RecipeConfig (workbench.recipes.schema) of the run
+    writer: Any = None            # TensorBoard SummaryWriter for this stage (None on ranks > 0)
+    progress: bool = True         # show progress bars
+    dist: Any = None              # workbench.train.distributed.DistInfo of this process
+    stage_type: str = ""          # the registered type name of this stage
 
     @property
     def artifact_dir(self) -> Path:

@@ -1,1 +1,258 @@
-"""Recipe stages of workbench.train (registered with workbench.recipes.registry.register_stage)."""
+"""Recipe stages of workbench.train: ``train``, ``warm_start``, ``contrastive``, ``finetune``, ``evaluate``.
+
+All four training stages share one config (:class:`TrainingConfig`) and one implementation; they
+differ in where the weights start and in their defaults, which follow the RLFN paper / NTIRE 2022:
+
+- ``train``: from scratch (the parent's architecture, seeded random init; ``init: parent`` starts
+  from the parent's weights instead), L1, Adam(0.9, 0.999, 1e-8), lr 5e-4 halved every
+  ``halve_every`` iterations, 256x256 HR patches with flips and 90-degree rotations, batch 64;
+- ``warm_start``: the previous stage's weights, a fresh optimiser and schedule, same settings;
+- ``contrastive``: a warm start whose loss defaults to L1 + 255 x contrastive loss (its own type so a
+  recipe reads like the paper; ``warm_start`` with that ``losses`` list is the same thing);
+- ``finetune``: a warm start with L2 loss, lr 1e-5 and 640x640 patches.
+
+``evaluate`` scores the previous stage's model with the paper's protocol and writes the means into
+that artifact's metrics.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.recipes.schema import TrainSource
+
+log = logging.getLogger("workbench.train")
+
+
+def _l1() -> list[dict]:
+    return [{"type": "l1", "weight": 1.0}]
+
+
+def _check_losses(specs: list[dict]) -> list[str]:
+    from workbench.train.losses import check_loss_specs
+
+    return check_loss_specs(specs)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings shared by every training stage."""
+
+    iterations: int = field(metadata={"help": "optimiser steps in this stage", "min": 1})
+    batch_size: int = field(default=64, metadata={"help": "patches per step (all processes together)", "min": 1})
+    patch_size: int = field(default=256, metadata={"help": "HR patch side in pixels (a multiple of the scale)",
+                                                   "min": 4})
+    lr: float = field(default=5e-4, metadata={"help": "initial learning rate (Adam)", "gt": 0, "lt": 1})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
+    eps: float = field(default=1e-8, metadata={"help": "Adam eps", "gt": 0})
+    halve_every: int = field(default=200_000, metadata={"help": "multiply lr by gamma every N iterations",
+                                                         "min": 1})
+    gamma: float = field(default=0.5, metadata={"help": "lr factor at each step of the schedule",
+                                                "gt": 0, "max": 1})
+    losses: list[dict] = field(default_factory=_l1, metadata={
+        "help": "weighted losses: [{type: l1|l2|contrastive, weight: W, ...}]", "check": _check_losses})
+    augment: bool = field(default=True, metadata={"help": "random flips and 90-degree rotations"})
+    samples_per_epoch: int | None = field(default=None, metadata={
+        "help": "patches per data epoch (default: one per training image)", "min": 1})
+    checkpoint_every: int = field(default=1000, metadata={"help": "periodic resumable checkpoint every N "
+                                                                  "iterations (0: only at the end)", "min": 0})
+    val_every: int = field(default=0, metadata={"help": "validate every N iterations (0: only at the end)",
+                                                "min": 0})
+    val: bool = field(default=True, metadata={"help": "validate on data.val at the end of the stage"})
+    log_every: int = field(default=50, metadata={"help": "TensorBoard/log interval in iterations", "min": 1})
+    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm", "gt": 0})
+    num_workers: int = field(default=0, metadata={"help": "data loader worker processes", "min": 0})
+    amp: str | None = field(default=None, metadata={"help": "mixed precision on CUDA: bf16 or fp16",
+                                                    "choices": ["bf16", "fp16"]})
+    cache_images: bool = field(default=True, metadata={
+        "help": "decode training images once and keep them in memory (off for DIV2K+Flickr2K)"})
+    data: list[TrainSource] | None = field(default=None, metadata={
+        "help": "training sources for this stage only (default: the recipe's data.train)"})
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas: each must be in [0, 1), got {list(self.betas)}")
+        return problems
+
+    def validate_in(self, recipe: Any) -> list[str]:
+        problems = []
+        if not self.data and not recipe.data.train:
+            problems.append("data: this training stage needs training images: set data.train in the "
+                            "recipe or data in the stage")
+        scale = recipe.scale
+        if scale and self.patch_size % scale:
+            problems.append(f"patch_size: must be a multiple of the scale {scale}, got {self.patch_size}")
+        elif scale:
+            from workbench.models import MIN_LR_SIZE
+
+            if self.patch_size // scale < MIN_LR_SIZE:
+                problems.append(f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (RLFN's ESA "
+                                f"needs LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE} or more), got {self.patch_size}")
+        return problems
+
+
+@dataclass(frozen=True)
+class TrainFromScratchConfig(TrainingConfig):
+    init: str = field(default="scratch", metadata={
+        "help": "scratch: seeded random init of the parent's architecture; parent: its weights",
+        "choices": ["scratch", "parent"]})
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig(TrainingConfig):
+    losses: list[dict] = field(default_factory=lambda: [{"type": "l1", "weight": 1.0},
+                                                        {"type": "contrastive", "weight": 255.0}],
+                               metadata={"help": "L1 + 255 x contrastive loss (RLFN paper)",
+                                         "check": _check_losses})
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainingConfig):
+    patch_size: int = field(default=640, metadata={"help": "HR patch side in pixels", "min": 4})
+    lr: float = field(default=1e-5, metadata={"help": "initial learning rate (Adam)", "gt": 0, "lt": 1})
+    losses: list[dict] = field(default_factory=lambda: [{"type": "l2", "weight": 1.0}],
+                               metadata={"help": "L2 (MSE) loss", "check": _check_losses})
+
+
+def settings_from_config(cfg: TrainingConfig):
+    """The loop's TrainSettings for a training stage config."""
+    from workbench.train.loop import TrainSettings
+
+    return TrainSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, patch_size=cfg.patch_size,
+                         lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, halve_every=cfg.halve_every,
+                         gamma=cfg.gamma, losses=[dict(x) for x in cfg.losses],
+                         checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
+                         log_every=cfg.log_every, grad_clip=cfg.grad_clip, num_workers=cfg.num_workers,
+                         amp=cfg.amp)
+
+
+def build_train_dataset(ctx: StageContext, cfg: TrainingConfig, *, seed: int):
+    """The stage's PatchDataset (crops, flips/rotations drawn per (seed, epoch, index))."""
+    from workbench.data.training import PatchDataset
+    from workbench.recipes.stage_utils import train_sources, training_files
+
+    hr, lr = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
+    return PatchDataset(hr, scale=ctx.scale, patch_size=cfg.patch_size, lr_files=lr, augment=cfg.augment,
+                        length=cfg.samples_per_epoch, seed=seed, cache=cfg.cache_images)
+
+
+def make_val_fn(ctx: StageContext, *, images: int = 1):
+    """``val_fn(model) -> {"psnr_y", "ssim_y", "psnr_rgb", "images"}`` on the recipe's first val set.
+
+    The set is loaded once; metrics are its means with the paper's protocol; ``images`` holds the
+    SR of the first ``images`` pictures for TensorBoard.
+    """
+    from workbench.data.benchmark import load_set
+    from workbench.evaluate import evaluate_set, super_resolve
+
+    val = ctx.recipe.data.val if ctx.recipe is not None else None
+    name = val.sets[0] if val is not None and val.sets else "Set5"
+    root = val.root if val is not None else None
+    pset = load_set(name, ctx.scale, data_root=root)
+
+    def val_fn(model):
+        result = evaluate_set(model, pset, progress=False)
+        out: dict[str, Any] = {k: float(v) for k, v in result.mean.items()}
+        out["set"] = result.name
+        out["images"] = {f"{result.name}/{p.name}": super_resolve(model, p.lr) for p in list(pset)[:images]}
+        return out
+
+    return val_fn
+
+
+def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
+                 callbacks: list | tuple = ()) -> StageResult:
+    """Train from the parent (or from scratch on its architecture) and save the stage's artifact."""
+    import torch
+
+    from workbench.models import build_model
+    from workbench.recipes.stage_utils import save_stage_artifact, stage_seed
+    from workbench.train.loop import fit
+
+    parent = ctx.load_parent()
+    seed = stage_seed(ctx)
+    if from_scratch:
+        torch.manual_seed(seed)
+        model = build_model(parent.spec)
+    else:
+        model = parent.model
+    dataset = build_train_dataset(ctx, cfg, seed=seed)
+    settings = settings_from_config(cfg)
+    val_fn = make_val_fn(ctx) if cfg.val else None
+    metrics = fit(model, dataset, settings=settings, device=ctx.device, seed=seed,
+                  checkpoint_dir=ctx.checkpoint_dir, callbacks=list(callbacks), val_fn=val_fn,
+                  writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id)
+    metrics["train_images"] = len(dataset.hr_files)
+    metrics["start"] = "scratch" if from_scratch else "parent"
+    model.to("cpu")
+    path = save_stage_artifact(ctx, model, parent=parent, metrics=metrics, config=cfg)
+    parts = [f"{settings.iterations} it", f"loss {metrics['loss']:.4g}" if metrics.get("loss") is not None else ""]
+    if "val_psnr_y" in metrics:
+        parts.append(f"val {metrics.get('val_set', 'Set5')} PSNR-Y {metrics['val_psnr_y']:.3f} dB")
+    return StageResult(artifact=path, metrics=metrics, summary=", ".join(p for p in parts if p))
+
+
+@register_stage("train", config=TrainFromScratchConfig,
+                help="train (default from scratch) with L1, Adam and a step lr schedule")
+def train_stage(cfg: TrainFromScratchConfig, ctx: StageContext) -> StageResult:
+    return run_training(cfg, ctx, from_scratch=cfg.init == "scratch")
+
+
+@register_stage("warm_start", config=TrainingConfig,
+                help="continue from the previous stage's weights with a fresh optimiser and schedule")
+def warm_start_stage(cfg: TrainingConfig, ctx: StageContext) -> StageResult:
+    return run_training(cfg, ctx, from_scratch=False)
+
+
+@register_stage("contrastive", config=ContrastiveConfig,
+                help="warm start with L1 + 255 x contrastive loss (frozen random Conv-Tanh-Conv features)")
+def contrastive_stage(cfg: ContrastiveConfig, ctx: StageContext) -> StageResult:
+    return run_training(cfg, ctx, from_scratch=False)
+
+
+@register_stage("finetune", config=FinetuneConfig,
+                help="fine-tune the previous stage with L2 loss, lr 1e-5 and large (640) patches")
+def finetune_stage(cfg: FinetuneConfig, ctx: StageContext) -> StageResult:
+    return run_training(cfg, ctx, from_scratch=False)
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    sets: list[str] | None = field(default=None, metadata={
+        "help": "set names or folders (default: the recipe's data.val.sets)"})
+    root: str | None = field(default=None, metadata={
+        "help": "folder holding the named sets (default: data.val.root; none: embedded Set5)",
+        "exists": "dir"})
+    save_images: bool = field(default=False, metadata={"help": "write the SR images into the stage folder"})
+
+
+@register_stage("evaluate", config=EvaluateConfig,
+                help="PSNR/SSIM (Y, scale-pixel crop) and RGB PSNR of the previous stage's model")
+def evaluate_stage(cfg: EvaluateConfig, ctx: StageContext) -> StageResult:
+    from workbench.artifacts import atomic_write_json, update_metrics
+    from workbench.evaluate import evaluate, format_table, results_to_json
+
+    val = ctx.recipe.data.val if ctx.recipe is not None else None
+    sets = cfg.sets or (list(val.sets) if val is not None else ["Set5"])
+    root = cfg.root if cfg.root is not None else (val.root if val is not None else None)
+    parent = ctx.load_parent()
+    results = evaluate(parent.model, sets, scale=ctx.scale, data_root=root, device=ctx.device,
+                       save_dir=ctx.stage_dir / "sr" if cfg.save_images else None, progress=ctx.progress)
+    atomic_write_json(ctx.stage_dir / "eval.json", results_to_json(results))
+    table = format_table(results, per_image=False)
+    log.info("evaluation of %s:\n%s", parent.path or ctx.model_ref, table)
+    metrics = {name: {k: float(v) for k, v in res.mean.items()} for name, res in results.items()}
+    if parent.path is not None and parent.path.is_dir():
+        update_metrics(parent.path, metrics)
+    summary = ", ".join(f"{name} PSNR-Y {m['psnr_y']:.3f} dB SSIM-Y {m['ssim_y']:.4f}"
+                        for name, m in metrics.items())
+    return StageResult(artifact=None, metrics=metrics, summary=summary)
+
+
+__all__ = ["TrainingConfig", "TrainFromScratchConfig", "ContrastiveConfig", "FinetuneConfig",
+           "EvaluateConfig", "run_training", "settings_from_config", "build_train_dataset", "make_val_fn"]

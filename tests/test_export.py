@@ -1,0 +1,58 @@
+"""ONNX export (workbench.prune.export and `workbench export`) of pruned and unpruned models."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from workbench.artifacts import save_artifact
+from workbench.cli import main
+from workbench.data.benchmark import load_set
+from workbench.prune.export import check_onnx, export_onnx
+from workbench.prune.surgery import prune_to_widths
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the models are tiny, and two spinning OpenMP threads on a shared
+    2-core machine are many times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def real_crops() -> list[np.ndarray]:
+    """Two crops of different sizes from a real Set5 image (x2 LR)."""
+    lr = np.asarray(load_set("Set5", 2)[0].lr)
+    return [lr[:40, :48], lr[60:93, 10:31]]
+
+
+def test_pruned_model_exports_with_dynamic_axes(tiny_model, tmp_path, real_crops):
+    pruned = prune_to_widths(tiny_model, {"trunk": 6, "block1.mid1": 5, "block2.esa.inner": 3})
+    path = export_onnx(pruned, tmp_path / "m.onnx", opset=17)
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version >= 17
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims][2:] == ["height", "width"]
+    result = check_onnx(pruned, path, real_crops)
+    assert result["ok"] and result["max_abs_diff"] < 1e-3
+    assert [r["shape"][2:] for r in result["images"]] == [[40, 48], [33, 21]]
+
+
+def test_check_detects_a_different_model(tiny_model, tmp_path, real_crops):
+    path = export_onnx(tiny_model, tmp_path / "m.onnx")
+    other = prune_to_widths(tiny_model, {"trunk.1": 7})  # one live channel fewer: other outputs
+    assert not check_onnx(other, path, real_crops[:1])["ok"]
+
+
+def test_export_cli(tiny_model, tmp_path, capsys):
+    art = save_artifact(tmp_path / "tiny", prune_to_widths(tiny_model, {"trunk": 7}))
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", "--model", str(art), "--out", str(out), "--check", "--images", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "check OK" in text and out.is_file()
+    assert main(["export", "--model", str(art), "--out", str(out), "--opset", "13"]) == 2
+    assert "opset must be >= 17" in capsys.readouterr().err

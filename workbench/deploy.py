@@ -1,0 +1,366 @@
+"""Inference paths for deployment, each checked against fp32 eager to within one gray level.
+
+:func:`prepare` turns a trained model into a :class:`Deployed` module for one device and one
+execution mode. Every mode takes and returns float32 NCHW tensors on the 0..255 scale, so callers
+(evaluation, latency measurement, a service) need not know how the model runs inside.
+
+Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 and Set5:
+
+``eager``          the model as trained (fp32, contiguous NCHW): the reference.
+``channels_last``  NHWC memory format for weights and activations: oneDNN's preferred layout on
+                   CPU, cuDNN's for tensor cores on GPU. Max 1 gray level from eager.
+``fused``          CPU, RLFN only: the forward rewritten as one oneDNN primitive per conv on
+                   channels_last tensors, LeakyReLU / sigmoid fused as post-ops, weights
+                   pre-reordered, 1x1 convs kept on oneDNN (eager sends them to a slow im2col
+                   path in channels_last), elementwise ops in place. No compile step; any input
+                   size. Max 1 gray level from eager.
+``compile``        ``torch.compile`` (inductor) with channels_last and *freezing* (weights become
+                   constants, so convs are pre-packed and bias/activations fused); works offline on
+                   CPU; the first call per input shape compiles (10-80 s here). Max 1 gray level.
+``bf16``           the residual blocks in bfloat16 (weights and activations), the stem, the long
+                   skip and the upsampler in fp32. Measured: up to 6 gray levels from fp32 eager
+                   on Set5 x4 (0.001 dB Y-PSNR), so NOT within the one-level budget.
+``bf16_autocast``  ``torch.autocast`` to bfloat16 everywhere: up to 7 gray levels (not within).
+``fp16``           GPU only: weights and activations in float16, channels_last.
+``cuda_graph``     GPU only: channels_last fp32 (or ``dtype="fp16"``) captured once per input
+                   shape as a CUDA graph and replayed, removing the launch overhead of the ~40
+                   small kernels of a forward pass.
+
+The GPU paths are written and guarded by ``torch.cuda.is_available()``; they were not run on this
+CPU-only machine.
+
+:func:`max_gray_diff` measures the largest difference in gray levels (after clamping and rounding
+to uint8) between a prepared model and fp32 eager on given images; :func:`check_deploy` raises if
+it exceeds a tolerance.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.errors import WorkbenchError
+
+__all__ = ["MODES", "CPU_MODES", "GPU_MODES", "Deployed", "prepare", "max_gray_diff",
+           "check_deploy", "available_modes", "RECOMMENDED"]
+
+CPU_MODES = ("eager", "channels_last", "fused", "compile", "bf16", "bf16_autocast")
+GPU_MODES = ("eager", "channels_last", "compile", "bf16", "bf16_autocast", "fp16", "cuda_graph")
+#: The fastest fp32 mode within one gray level, per device type (see bench/bench_deploy.py).
+RECOMMENDED = {"cpu": "fused", "cuda": "cuda_graph"}
+MODES = tuple(dict.fromkeys(CPU_MODES + GPU_MODES))
+
+CL = torch.channels_last
+
+
+def available_modes(device: str | torch.device = "cpu") -> tuple[str, ...]:
+    """The modes that can run on ``device`` in this process."""
+    return GPU_MODES if torch.device(device).type == "cuda" else CPU_MODES
+
+
+class Deployed(nn.Module):
+    """A model prepared for inference: float32 0..255 NCHW in, float32 0..255 NCHW out.
+
+    ``runner`` does the work on inputs already converted to ``dtype`` and ``memory_format`` on
+    ``device``. ``module`` is the underlying (converted) model, kept for inspection.
+    """
+
+    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, *,
+                 mode: str, device: torch.device, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, scale: int | None = None) -> None:
+        super().__init__()
+        self.runner = runner
+        self.module = module
+        self.mode = mode
+        self.device = device
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=self.device, dtype=self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=CL)
+        with torch.inference_mode():
+            out = self.runner(x)
+        return out.float()
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode}, device={self.device}, dtype={self.dtype}, "
+                f"channels_last={self.channels_last}")
+
+
+def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
+    m = copy.deepcopy(model).eval().to(device)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+class _MixedBF16RLFN(nn.Module):
+    """RLFN with its blocks in bfloat16 and the stem, long skip and upsampler in fp32."""
+
+    def __init__(self, model: nn.Module, channels_last: bool) -> None:
+        super().__init__()
+        self.conv_1 = model.conv_1
+        self.body = nn.ModuleList(model.blocks()).to(torch.bfloat16)
+        self.conv_2 = model.conv_2
+        self.upsampler = model.upsampler
+        self.fmt = CL if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature = self.conv_1(x)
+        out = feature.to(torch.bfloat16)
+        for block in self.body:
+            out = block(out)
+        out = self.conv_2(out.float().contiguous(memory_format=self.fmt)) + feature
+        return self.upsampler(out)
+
+
+class _PackedConv:
+    """A Conv2d as a oneDNN call with an optional fused post-op (weights pre-reordered)."""
+
+    def __init__(self, conv: nn.Conv2d, example_hw: tuple[int, int] | None, prepack: bool) -> None:
+        self.padding = list(conv.padding)
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        weight = conv.weight.detach().contiguous()
+        if prepack and example_hw is not None:
+            weight = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, self.padding, self.stride, self.dilation, self.groups,
+                [1, conv.in_channels, *example_hw])
+        self.weight = weight
+        self.bias = None if conv.bias is None else conv.bias.detach().contiguous()
+
+    def __call__(self, x: torch.Tensor, attr: str = "none", scalars: Sequence[Any] = ()) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            attr, list(scalars), "")
+
+
+class _FusedRLFN(nn.Module):
+    """RLFN forward for CPU inference with oneDNN post-op fusion and in-place elementwise ops.
+
+    Each conv runs as one oneDNN primitive on channels_last tensors with its LeakyReLU (block
+    convs) or sigmoid (ESA conv4) fused, 1x1 convs kept on oneDNN (eager dispatches them to a
+    slow im2col path in channels_last), the residual adds, ESA's add and the mask multiply done
+    in place, and pixel shuffle done as one NHWC copy. (A sum post-op for conv_2 + skip measured
+    no faster than conv then add_.) Arithmetic is eager fp32's up to summation order.
+    """
+
+    def __init__(self, model: nn.Module, example_hw: tuple[int, int] | None, prepack: bool) -> None:
+        super().__init__()
+        self.scale = int(model.scale)
+        self.slope = float(model.blocks()[0].act.negative_slope)
+        hw = example_hw
+
+        def packed(conv: nn.Conv2d, at: tuple[int, int] | None) -> _PackedConv:
+            return _PackedConv(conv, at, prepack)
+
+        self.conv_1 = packed(model.conv_1, hw)
+        self.blocks_ = []
+        for blk in model.blocks():
+            esa = blk.esa
+            self.blocks_.append({
+                "c1": packed(blk.c1_r, hw), "c2": packed(blk.c2_r, hw), "c3": packed(blk.c3_r, hw),
+                "c5": packed(blk.c5, hw), "conv1": packed(esa.conv1, hw),
+                "conv_f": packed(esa.conv_f, hw), "conv2": packed(esa.conv2, hw),
+                # conv3 runs on the small pooled map: no size hint for its weight layout
+                "conv3": _PackedConv(esa.conv3, None, False), "conv4": packed(esa.conv4, hw),
+            })
+        self.conv_2 = packed(model.conv_2, hw)
+        self.up = packed(model.upsampler[0], hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        act = ("leaky_relu", [self.slope])
+        feature = self.conv_1(x)
+        out = feature
+        for b in self.blocks_:
+            inp = out
+            out = b["c1"](inp, *act)
+            out = b["c2"](out, *act)
+            out = b["c3"](out, *act)
+            out.add_(inp)
+            c5 = b["c5"](out)
+            reduced = b["conv1"](c5)
+            pooled = F.max_pool2d(b["conv2"](reduced), kernel_size=7, stride=3)
+            up = F.interpolate(b["conv3"](pooled), size=c5.shape[2:], mode="bilinear",
+                               align_corners=False)
+            up.add_(b["conv_f"](reduced))
+            out = b["conv4"](up, "sigmoid").mul_(c5)
+        out = self.conv_2(out).add_(feature)
+        return _pixel_shuffle_nhwc(self.up(out), self.scale)
+
+
+def _pixel_shuffle_nhwc(x: torch.Tensor, s: int) -> torch.Tensor:
+    """pixel_shuffle for a channels_last tensor as one copy (F.pixel_shuffle is slower on NHWC)."""
+    n, c, h, w = x.shape
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, c // (s * s), s, s)
+    return nhwc.permute(0, 3, 1, 4, 2, 5).reshape(n, c // (s * s), h * s, w * s)
+
+
+def _is_rlfn(model: nn.Module) -> bool:
+    return all(hasattr(model, a) for a in ("conv_1", "conv_2", "upsampler", "blocks"))
+
+
+class _CudaGraphRunner:
+    """Captures ``module`` once per input shape as a CUDA graph and replays it."""
+
+    def __init__(self, module: nn.Module, warmup: int = 3) -> None:
+        self.module = module
+        self.warmup = warmup
+        self.graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+
+    def _capture(self, x: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        static_in = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                self.module(static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.module(static_in)
+        return graph, static_in, static_out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=CL))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+
+def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str = "eager",
+            example_shape: Sequence[int] | None = (1, 3, 256, 256), dtype: str | None = None,
+            warmup: bool = True) -> Deployed:
+    """Prepare a copy of ``model`` for inference on ``device`` in ``mode`` (see module docstring).
+
+    ``example_shape`` is used to warm up, compile or capture up front and as the size hint for
+    the ``fused`` weight layout (any input size still works; ``compile`` compiles once per new
+    shape). ``dtype`` only applies to ``cuda_graph`` (``"fp16"`` captures the fp16 model). The
+    caller's model is not modified.
+    """
+    from workbench.evaluate import resolve_device
+
+    dev = resolve_device(device)
+    if mode not in MODES:
+        raise WorkbenchError(f"unknown deploy mode {mode!r}; modes: {', '.join(MODES)}")
+    if mode not in available_modes(dev):
+        raise WorkbenchError(f"deploy mode {mode!r} needs a CUDA GPU (this device: {dev}); "
+                             f"modes here: {', '.join(available_modes(dev))}")
+    scale = getattr(model, "scale", None)
+    m = _copy_to(model, dev)
+    example = None
+    if example_shape is not None:
+        gen = torch.Generator().manual_seed(0)
+        example = (torch.rand(tuple(example_shape), generator=gen) * 255).to(dev)
+
+    def done(runner: Callable, module: nn.Module, *, dt: torch.dtype = torch.float32,
+             cl: bool = False) -> Deployed:
+        dep = Deployed(runner, module, mode=mode, device=dev, dtype=dt, channels_last=cl,
+                       scale=scale)
+        if warmup and example is not None:
+            dep(example)
+        return dep
+
+    if mode == "eager":
+        return done(m, m)
+    if mode == "channels_last":
+        m = m.to(memory_format=CL)
+        return done(m, m, cl=True)
+    if mode == "fused":
+        if not _is_rlfn(model):
+            raise WorkbenchError("deploy mode 'fused' rewrites an RLFN's forward; use "
+                                 "channels_last or compile for other models")
+        m = m.to(memory_format=CL)
+        hw = tuple(example_shape[2:]) if example_shape is not None else None
+        fused = _FusedRLFN(m, hw, prepack=True)
+        return done(fused, m, cl=True)
+    if mode == "compile":
+        import torch._dynamo.config as dynamo_config
+
+        # One graph per input shape: a benchmark set has a dozen shapes, and past the default
+        # limit of 8 dynamo silently falls back to eager.
+        dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), 64)
+        m = m.to(memory_format=CL)
+        # freezing turns weights into constants: oneDNN pre-packs convs, biases/activations fuse.
+        compiled = torch.compile(m, backend="inductor", dynamic=False,
+                                 options={"freezing": True})
+        return done(compiled, m, cl=True)
+    if mode == "bf16":
+        if not _is_rlfn(model):
+            raise WorkbenchError("deploy mode 'bf16' splits an RLFN (stem/blocks/upsampler); "
+                                 "use bf16_autocast for other models")
+        m = m.to(memory_format=CL)
+        mixed = _MixedBF16RLFN(m, channels_last=True)
+        return done(mixed, mixed, cl=True)
+    if mode == "bf16_autocast":
+        m = m.to(memory_format=CL)
+
+        def run_autocast(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                return m(x)
+
+        return done(run_autocast, m, cl=True)
+    if mode == "fp16":
+        m = m.half().to(memory_format=CL)
+        return done(m, m, dt=torch.float16, cl=True)
+    # cuda_graph
+    dt = torch.float16 if dtype in ("fp16", "float16") else torch.float32
+    m = m.to(dtype=dt, memory_format=CL)
+    return done(_CudaGraphRunner(m), m, dt=dt, cl=True)
+
+
+def _as_images(images: Iterable[Any]) -> list[np.ndarray]:
+    out = []
+    for item in getattr(images, "pairs", images):
+        out.append(np.asarray(item if isinstance(item, np.ndarray) else item.lr))
+    if not out:
+        raise WorkbenchError("no images given to compare deploy outputs on")
+    return out
+
+
+def max_gray_diff(model: nn.Module, deployed: nn.Module, images: Iterable[Any], *,
+                  device: str | torch.device | None = None) -> dict[str, Any]:
+    """Largest per-pixel difference (gray levels, uint8 outputs) of ``deployed`` vs fp32 eager.
+
+    ``images`` are uint8 HWC LR arrays, ImagePairs or a PairedSet. Returns ``max`` over all
+    images, ``per_image`` maxima and the fraction of output values that differ at all.
+    """
+    from workbench.evaluate import image_to_tensor, resolve_device, tensor_to_image
+
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    ref_model = _copy_to(model, dev).float()
+    per_image, differing, total = [], 0, 0
+    for img in _as_images(images):
+        x = image_to_tensor(img, dev)
+        with torch.inference_mode():
+            ref = tensor_to_image(ref_model(x)).astype(np.int16)
+            got = tensor_to_image(deployed(x)).astype(np.int16)
+        diff = np.abs(ref - got)
+        per_image.append(int(diff.max()))
+        differing += int((diff > 0).sum())
+        total += diff.size
+    return {"max": max(per_image), "per_image": per_image, "frac_differing": differing / total}
+
+
+def check_deploy(model: nn.Module, deployed: nn.Module, images: Iterable[Any], *,
+                 tolerance: int = 1) -> dict[str, Any]:
+    """:func:`max_gray_diff`, raising WorkbenchError when it exceeds ``tolerance`` gray levels."""
+    result = max_gray_diff(model, deployed, images,
+                           device=getattr(deployed, "device", None))
+    if result["max"] > tolerance:
+        mode = getattr(deployed, "mode", "deployed")
+        raise WorkbenchError(f"deploy mode {mode!r} differs from fp32 eager by up to "
+                             f"{result['max']} gray levels (> {tolerance}) on the given images")
+    return result

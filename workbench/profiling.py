@@ -1,0 +1,489 @@
+"""Model cost: NTIRE-challenge counts (params, FLOPs, activations, convs) and measured latency.
+
+Counting follows the NTIRE 2022 efficient-SR challenge (its ``utils/model_summary.py``) for a
+3x256x256 input: FLOPs are the Conv2d multiply-accumulates plus one per LeakyReLU output element
+(sigmoid, pooling, interpolation, pixel shuffle and additions are not counted, biases neither);
+activations are the summed element counts of every Conv2d output; convs the number of Conv2d
+calls. The forward pass runs on the ``meta`` device, so counting costs no arithmetic.
+
+Latency is measured after warm-up, under ``torch.inference_mode``: with CUDA events and a
+synchronisation on GPU, with ``time.perf_counter`` on CPU; median and p90 over the repeats. The
+NTIRE protocol (:func:`ntire_latency`) is the mean per-image time over a folder of full LR images.
+Every result records the device, its name, the dtype, threads, torch version and input shape,
+because a latency without those is meaningless.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.errors import WorkbenchError
+
+__all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
+           "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
+           "device_name", "DTYPES"]
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float32,
+                                  "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                                  "fp16": torch.float16, "float16": torch.float16}
+
+
+# -- argument parsing helpers (used by the CLI and recipes) ----------------------------------
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1x3x256x256' -> (1, 3, 256, 256)."""
+    try:
+        shape = tuple(int(p) for p in str(text).lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise WorkbenchError(f"input shape {text!r}: expected NxCxHxW, e.g. 1x3x256x256") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise WorkbenchError(f"input shape {text!r}: expected four positive sizes NxCxHxW")
+    return shape
+
+
+def parse_dtype(text: str | torch.dtype) -> torch.dtype:
+    if isinstance(text, torch.dtype):
+        return text
+    try:
+        return DTYPES[str(text).lower()]
+    except KeyError:
+        raise WorkbenchError(f"dtype {text!r}: choose one of fp32, bf16, fp16") from None
+
+
+def parse_range(text: str) -> list[int]:
+    """'32:64:2' -> [32, 34, ..., 64] (inclusive end); '32,40,48' -> [32, 40, 48]."""
+    text = str(text).strip()
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, stop = parts[0], parts[1]
+            step = parts[2] if len(parts) == 3 else 1
+            if step < 1 or stop < start:
+                raise ValueError
+            values = list(range(start, stop + 1, step))
+        else:
+            values = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise WorkbenchError(f"width range {text!r}: expected START:STOP[:STEP] (inclusive, e.g. "
+                             "32:64:2) or a comma list (32,40,48)") from None
+    if not values or min(values) < 1:
+        raise WorkbenchError(f"width range {text!r}: widths must be positive")
+    return values
+
+
+# -- counting --------------------------------------------------------------------------------
+
+def _forward_for_shapes(model: nn.Module, input_shape: Sequence[int],
+                        hooks: dict[type, Callable]) -> None:
+    """Run ``model`` on the meta device (shapes only) with forward hooks on the given module types.
+
+    Falls back to a real CPU forward for modules that cannot run on meta.
+    """
+    def run(target: nn.Module, device: str) -> None:
+        handles = []
+        for mod in target.modules():
+            for kind, hook in hooks.items():
+                if isinstance(mod, kind):
+                    handles.append(mod.register_forward_hook(hook))
+        try:
+            with torch.inference_mode():
+                target(torch.zeros(tuple(input_shape), device=device))
+        finally:
+            for h in handles:
+                h.remove()
+
+    meta = copy.deepcopy(model).to("meta")
+    try:
+        run(meta, "meta")
+    except (NotImplementedError, RuntimeError):
+        run(copy.deepcopy(model).to("cpu").float().eval(), "cpu")
+        return
+
+
+def ntire_counts(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 256)) -> dict[str, Any]:
+    """Params, FLOPs (G), activations (M) and conv count, as the NTIRE 2022 challenge counts them.
+
+    Returns ``{params, flops_g, acts_m, convs, conv_macs, input_shape}``; ``flops_g`` and
+    ``acts_m`` are unrounded (the challenge reports two decimals).
+    """
+    if len(tuple(input_shape)) != 4:
+        raise ValueError(f"input_shape must be NCHW, got {tuple(input_shape)}")
+    state = {"macs": 0, "lrelu": 0, "acts": 0, "convs": 0}
+
+    def conv_hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        kh, kw = mod.kernel_size
+        state["convs"] += 1
+        state["acts"] += out.numel()
+        state["macs"] += out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def lrelu_hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        state["lrelu"] += out.numel()
+
+    was_training = model.training
+    _forward_for_shapes(model.eval(), input_shape, {nn.Conv2d: conv_hook, nn.LeakyReLU: lrelu_hook})
+    model.train(was_training)
+    return {
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "flops_g": (state["macs"] + state["lrelu"]) / 1e9,
+        "acts_m": state["acts"] / 1e6,
+        "convs": state["convs"],
+        "conv_macs": state["macs"],
+        "input_shape": list(input_shape),
+    }
+
+
+def conv_macs(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 256)) -> int:
+    """Multiply-accumulates of every Conv2d for one forward pass (achieved FLOP/s = 2*MACs/s)."""
+    return int(ntire_counts(model, input_shape=input_shape)["conv_macs"])
+
+
+# -- latency ---------------------------------------------------------------------------------
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name of the device (GPU model or CPU model)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Temporarily set torch's intra-op thread count (None: leave it); yields the count in use."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise WorkbenchError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
+def _resolve(device: str | torch.device | None) -> torch.device:
+    from workbench.evaluate import resolve_device
+
+    return resolve_device(device)
+
+
+def _summary(times_ms: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(times_ms, dtype=np.float64)
+    return {"median_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
+            "mean_ms": float(arr.mean()), "min_ms": float(arr.min())}
+
+
+CLOCKS = ("wall", "cpu")
+
+
+class _Timer:
+    """Times one call: CUDA events + synchronise on GPU, perf_counter on CPU.
+
+    ``clock="cpu"`` (CPU only) uses the process's CPU time instead of wall time: on a machine
+    shared with other busy processes it counts only the time this process actually computed, so
+    with ``threads=1`` it stays close to the unloaded latency (with more threads it also counts
+    time spent spinning at barriers while a sibling thread is descheduled).
+    """
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
+        if clock not in CLOCKS:
+            raise WorkbenchError(f"clock {clock!r}: choose one of {', '.join(CLOCKS)}")
+        if clock == "cpu" and device.type == "cuda":
+            raise WorkbenchError("clock 'cpu' measures CPU time; GPU latency uses CUDA events")
+        self.cuda = device.type == "cuda"
+        self.now = time.perf_counter if clock == "wall" else time.process_time
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = self.now()
+        fn()
+        return (self.now() - t0) * 1e3
+
+
+def _prepared_copy(model: nn.Module, device: torch.device, dtype: torch.dtype,
+                   channels_last: bool) -> nn.Module:
+    if dtype == torch.float16 and device.type != "cuda":
+        raise WorkbenchError("fp16 latency is only measured on CUDA (CPU fp16 convs are not a "
+                             "deployment path); use bf16 on CPU")
+    m = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def _record(device: torch.device, dtype: torch.dtype, threads: int, input_shape: Sequence[int],
+            **extra: Any) -> dict[str, Any]:
+    return {"device": str(device), "device_name": device_name(device),
+            "dtype": str(dtype).replace("torch.", ""), "threads": threads,
+            "torch": torch.__version__, "input_shape": list(input_shape), **extra}
+
+
+def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 256),
+                    device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
+                    warmup: int = 5, repeats: int = 20, threads: int | None = None,
+                    channels_last: bool = False, prepared: bool = False,
+                    clock: str = "wall") -> dict[str, Any]:
+    """Latency of one forward pass on a random 0..255 input of ``input_shape``.
+
+    The model is copied and moved to ``device``/``dtype`` (the caller's model is untouched) unless
+    ``prepared`` says it is already there (e.g. a :func:`workbench.deploy.prepare` result).
+    ``clock="cpu"`` times process CPU time instead of wall time (see :class:`_Timer`).
+    Returns median/p90/mean/min in ms and the conditions of the measurement.
+    """
+    dev = _resolve(device)
+    dt = parse_dtype(dtype)
+    if repeats < 1 or warmup < 0:
+        raise WorkbenchError(f"repeats must be >= 1 and warmup >= 0 (got {repeats}, {warmup})")
+    with num_threads(threads) as used:
+        m = model if prepared else _prepared_copy(model, dev, dt, channels_last)
+        gen = torch.Generator().manual_seed(0)
+        x = (torch.rand(tuple(input_shape), generator=gen) * 255.0).to(device=dev, dtype=dt)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        timer = _Timer(dev, clock)
+        times: list[float] = []
+        with torch.inference_mode():
+            for _ in range(warmup):
+                m(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            for _ in range(repeats):
+                times.append(timer(lambda: m(x)))
+    return {**_summary(times), "repeats": repeats, "warmup": warmup,
+            **_record(dev, dt, used, input_shape, channels_last=channels_last, clock=clock)}
+
+
+def _lr_images(source: Any) -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 HWC) for a folder of images, a PairedSet, or a list of arrays/pairs."""
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise WorkbenchError(f"{folder}: no such folder of LR images")
+        exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in exts)
+        if not files:
+            raise WorkbenchError(f"{folder}: holds no images ({', '.join(sorted(exts))})")
+        from PIL import Image, UnidentifiedImageError
+
+        out = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    out.append((f.stem, np.asarray(im.convert("RGB"))))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise WorkbenchError(f"{f}: cannot read image ({exc})") from None
+        return out
+    pairs = getattr(source, "pairs", source)
+    out = []
+    for i, item in enumerate(pairs):
+        if isinstance(item, np.ndarray):
+            out.append((f"image{i}", item))
+        else:
+            out.append((str(getattr(item, "name", f"image{i}")), np.asarray(item.lr)))
+    if not out:
+        raise WorkbenchError("no LR images to time")
+    return out
+
+
+def ntire_latency(model: nn.Module, lr_folder_or_set: Any, *, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | str = torch.float32, warmup: int = 3,
+                  threads: int | None = None, channels_last: bool = False,
+                  prepared: bool = False, progress: bool = False,
+                  clock: str = "wall") -> dict[str, Any]:
+    """The NTIRE challenge's runtime protocol: mean per-image time over full LR images.
+
+    ``lr_folder_or_set`` is a folder of LR images, a PairedSet (its LR images) or a list of uint8
+    HWC arrays. The first image is run ``warmup`` times first; each image is then timed once
+    (host-to-device copy excluded, device synchronised).
+    """
+    from tqdm import tqdm
+
+    dev = _resolve(device)
+    dt = parse_dtype(dtype)
+    images = _lr_images(lr_folder_or_set)
+    with num_threads(threads) as used:
+        m = model if prepared else _prepared_copy(model, dev, dt, channels_last)
+        timer = _Timer(dev, clock)
+        per_image: list[dict[str, Any]] = []
+
+        def to_input(arr: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).unsqueeze(0)
+            x = x.to(device=dev, dtype=dt)
+            return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        with torch.inference_mode():
+            first = to_input(images[0][1])
+            for _ in range(warmup):
+                m(first)
+            for name, arr in tqdm(images, desc="ntire latency", unit="img", disable=not progress,
+                                  leave=False):
+                x = to_input(arr)
+                per_image.append({"name": name, "shape": list(arr.shape[:2]),
+                                  "ms": timer(lambda: m(x))})
+    times = [p["ms"] for p in per_image]
+    return {"mean_ms": float(np.mean(times)), "median_ms": float(np.median(times)),
+            "images": len(per_image), "per_image": per_image, "warmup": warmup,
+            **_record(dev, dt, used, [1, 3, "H", "W"], channels_last=channels_last, clock=clock,
+                      protocol="ntire: mean per-image time over full LR images")}
+
+
+# -- trunk-width sweep -----------------------------------------------------------------------
+
+def _trunk_groups(spec: Any, include_mid: bool = False) -> list[str]:
+    from workbench.models import group_widths
+
+    return [g for g in group_widths(spec)
+            if g.startswith("trunk.") or (include_mid and g.endswith((".mid1", ".mid2")))]
+
+
+def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2), *,
+                       input_shape: Sequence[int] = (1, 3, 256, 256),
+                       device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
+                       warmup: int = 3, repeats: int = 10, threads: int | None = None,
+                       channels_last: bool = False, include_mid: bool = False,
+                       deploy_mode: str | None = None, clock: str = "wall",
+                       progress: bool = True) -> list[dict[str, Any]]:
+    """Latency of ``base_spec`` rebuilt with each uniform trunk width (random weights).
+
+    Every trunk group (``trunk.0`` ... ``trunk.<n>``) gets the width; middle and ESA widths stay
+    unless ``include_mid`` also sets every block's middle widths (``block<i>.mid1/mid2``).
+    ``deploy_mode`` times each width as :func:`workbench.deploy.prepare` makes it (e.g. ``fused``).
+    Measurements are interleaved (one timed pass of every width per round) so that a change in
+    background load spreads over all widths instead of biasing some of them.
+    Returns one row per width: width, params, flops_g, median_ms, p90_ms, mean_ms, min_ms, and
+    the measurement conditions.
+    """
+    from tqdm import tqdm
+
+    from workbench.models import build_model
+
+    dev = _resolve(device)
+    dt = parse_dtype(dtype)
+    widths = [int(w) for w in widths]
+    if not widths or min(widths) < 1:
+        raise WorkbenchError(f"sweep widths must be positive integers, got {widths}")
+    groups = _trunk_groups(base_spec, include_mid)
+    torch.manual_seed(0)
+    models: dict[int, nn.Module] = {}
+    rows: dict[int, dict[str, Any]] = {}
+    for w in widths:
+        spec = base_spec.with_widths({g: w for g in groups})
+        m = build_model(spec).eval()
+        counts = ntire_counts(m, input_shape=input_shape)
+        rows[w] = {"width": w, "params": counts["params"], "flops_g": counts["flops_g"]}
+        if deploy_mode is not None:
+            from workbench.deploy import prepare
+
+            models[w] = prepare(m, device=dev, mode=deploy_mode, example_shape=input_shape)
+        else:
+            models[w] = _prepared_copy(m, dev, dt, channels_last)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(tuple(input_shape), generator=gen) * 255.0).to(device=dev, dtype=dt)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if deploy_mode is not None:
+        x = x.float()
+    times: dict[int, list[float]] = {w: [] for w in widths}
+    timer = _Timer(dev, clock)
+    with num_threads(threads) as used, torch.inference_mode():
+        for w in widths:
+            for _ in range(warmup):
+                models[w](x)
+        total = repeats * len(widths)
+        with tqdm(total=total, desc="width sweep", unit="run", disable=not progress) as bar:
+            for _ in range(repeats):
+                for w in widths:
+                    m = models[w]
+                    times[w].append(timer(lambda: m(x)))
+                    bar.update()
+    cond = _record(dev, dt, used, input_shape, channels_last=channels_last, include_mid=include_mid,
+                   deploy_mode=deploy_mode, clock=clock)
+    return [{**rows[w], **_summary(times[w]), "repeats": repeats, "warmup": warmup, **cond}
+            for w in widths]
+
+
+_SWEEP_COLUMNS = ("width", "params", "flops_g", "median_ms", "p90_ms", "mean_ms", "min_ms",
+                  "repeats", "device", "device_name", "dtype", "threads", "clock", "deploy_mode",
+                  "torch")
+
+
+def write_sweep_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write the sweep rows as CSV (atomically)."""
+    import csv
+
+    from workbench.artifacts import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(_SWEEP_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return Path(path)
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *,
+               title: str | None = None, reference_width: int | None = None) -> Path:
+    """Latency (median with p90 bar) and FLOPs against trunk width, as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from workbench.artifacts import atomic_write_bytes
+
+    w = [r["width"] for r in rows]
+    med = [r["median_ms"] for r in rows]
+    p90 = [r["p90_ms"] for r in rows]
+    flops = [r["flops_g"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.errorbar(w, med, yerr=[np.zeros(len(med)), np.subtract(p90, med)], fmt="o-", capsize=3,
+                label="median latency (bar: p90)")
+    ax.set_xlabel("trunk width (channels)")
+    ax.set_ylabel("latency (ms)")
+    ax.grid(True, alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(w, flops, "s--", color="tab:gray", alpha=0.6, label="NTIRE FLOPs (G)")
+    ax2.set_ylabel("FLOPs (G)")
+    if reference_width is not None:
+        ax.axvline(reference_width, color="tab:red", alpha=0.4, linestyle=":")
+    r0 = rows[0]
+    ax.set_title(title or f"latency vs trunk width: {r0['device_name']}, {r0['dtype']}, "
+                          f"{r0['threads']} threads, input {'x'.join(map(str, r0['input_shape']))}"
+                          + (", CPU-time clock" if r0.get("clock") == "cpu" else "")
+                          + (f", deploy {r0['deploy_mode']}" if r0.get("deploy_mode") else ""),
+                 fontsize=9)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -1,0 +1,74 @@
+"""ONNX export of an RLFN (pruned or not) and its check against onnxruntime.
+
+The graph takes ``lr`` (N, 3, H, W) float32 on the 0..255 scale and returns ``sr`` (N, 3, sH, sW);
+batch, height and width are dynamic axes (ESA's interpolation reads the input size at run time).
+The export goes through the TorchScript exporter (``dynamo=False``), which needs no extra packages
+and keeps the dynamic sizes as Shape ops.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.errors import WorkbenchError
+
+MIN_OPSET = 17
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_OPSET,
+                sample_size: int = 32) -> Path:
+    """Write ``model`` as ONNX to ``path`` (atomically) with dynamic N/H/W axes; returns the path."""
+    import onnx
+
+    from workbench.artifacts import atomic_write_bytes
+
+    if opset < MIN_OPSET:
+        raise WorkbenchError(f"--opset must be >= {MIN_OPSET}, got {opset}")
+    model = copy.deepcopy(model).to("cpu").float().eval()
+    channels = getattr(getattr(model, "spec", None), "in_channels", 3)
+    sample = torch.rand(1, channels, sample_size, sample_size) * 255
+    buffer = io.BytesIO()
+    axes = {"lr": {0: "batch", 2: "height", 3: "width"},
+            "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter announces its deprecation; it is what handles dynamic sizes here
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        torch.onnx.export(model, (sample,), buffer, input_names=["lr"], output_names=["sr"],
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+    data = buffer.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(data))
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, images: list[np.ndarray], *,
+               tolerance: float = 1e-3) -> dict[str, Any]:
+    """Run the ONNX file with onnxruntime (CPU) on each uint8 HWC image and compare with the torch
+    model on the 0..255 scale. Returns per-image max |diff| and whether all are within tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = copy.deepcopy(model).to("cpu").float().eval()
+    rows = []
+    for img in images:
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))).float()[None]
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(["sr"], {"lr": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise WorkbenchError(f"{path}: onnxruntime output {got.shape} differs in shape from "
+                                 f"torch {ref.shape}")
+        rows.append({"shape": list(x.shape), "max_abs_diff": float(np.abs(got - ref).max())})
+    worst = max(r["max_abs_diff"] for r in rows)
+    return {"images": rows, "max_abs_diff": worst, "tolerance": tolerance,
+            "ok": worst <= tolerance}

@@ -1,0 +1,288 @@
+"""Run a validated recipe: one folder per stage, finished stages skipped, interrupted ones resumed.
+
+Run folder layout::
+
+    <run>/recipe.yaml          the resolved recipe (defaults filled in, --set/--smoke applied)
+    <run>/recipe.sha256        its hash (recorded in every artifact's lineage)
+    <run>/summary.json         per-stage metrics and times, rewritten after every stage
+    <run>/model-init/          only when the recipe's model is given as widths (seeded random init)
+    <run>/<NN>-<id>/
+        stage.json             type, config, fingerprint, start time
+        artifact/              the stage's output model (workbench artifact)
+        checkpoints/last.pt    periodic resumable checkpoint (training stages)
+        metrics.json, log.txt, tb/ (TensorBoard), DONE
+
+A stage's *fingerprint* hashes its resolved config and the fingerprints of the stages before it
+(plus the model, seed and training data). On a rerun, a stage whose DONE marker carries the same
+fingerprint is skipped; a stage whose config (or any earlier stage's) changed is cleared and run
+again, and an unfinished stage with the same fingerprint resumes from its last checkpoint.
+``from_id`` clears that stage and every later one first.
+
+Under ``torchrun --nproc_per_node N -m workbench run ...`` the training stages run on every
+process (DistributedDataParallel); any other stage runs on rank 0 while the others wait. Only
+rank 0 writes files.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.recipes.loader import Recipe, StagePlan
+from workbench.recipes.registry import StageContext, StageResult, get_stage
+
+log = logging.getLogger("workbench")
+
+#: Stage types that run on every process under torchrun (they call workbench.train.loop.fit).
+#: Other engineers' DDP-aware stages may add themselves here.
+DISTRIBUTED_STAGES: set[str] = {"train", "warm_start", "contrastive", "finetune"}
+
+DONE_FILE = "DONE"
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines to stderr without breaking progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def setup_logging(*, main: bool) -> None:
+    """INFO lines to stderr on rank 0 (warnings only on other ranks); idempotent."""
+    root = logging.getLogger("workbench")
+    root.setLevel(logging.DEBUG)
+    if not any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        handler = _TqdmHandler()
+        handler.setLevel(logging.INFO if main else logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def resolve_device(spec: str | None, *, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU."""
+    spec = spec or "auto"
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WorkbenchError(f"device {spec!r} requested but no CUDA GPU is available (use cpu or auto)")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def _sha(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def stage_fingerprints(recipe: Recipe) -> list[str]:
+    """One fingerprint per stage: its config chained with everything upstream of it."""
+    res = recipe.resolved
+    chain = _sha(res.get("model"), res.get("scale"), res.get("seed"), (res.get("data") or {}).get("train"))
+    val = (res.get("data") or {}).get("val")
+    out = []
+    for plan in recipe.stages:
+        chain = _sha(chain, plan.resolved)
+        out.append(_sha(chain, val))
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _initial_model_ref(recipe: Recipe, run_dir: Path, *, main: bool) -> str:
+    """The model the first stage starts from; widths become a seeded random-init artifact."""
+    model = recipe.config.model
+    if not isinstance(model, Mapping):
+        return str(model)
+    from workbench.artifacts import make_lineage, save_artifact
+    from workbench.models import RLFNSpec, build_model
+
+    target = run_dir / "model-init"
+    if main and not (target / "artifact.json").is_file():
+        data = dict(model)
+        if "blocks" in data and isinstance(data["blocks"], list):
+            spec = RLFNSpec.from_dict({**data, "scale": recipe.scale})
+        else:
+            spec = RLFNSpec.uniform(scale=recipe.scale, feature=int(data["trunk"]), mid=data.get("mid"),
+                                    esa=int(data.get("esa", 16)), blocks=int(data.get("blocks", 4)))
+        torch.manual_seed(recipe.config.seed)
+        save_artifact(target, build_model(spec), lineage=make_lineage(
+            seed=recipe.config.seed, stage="model-init", recipe_sha256=recipe.sha256,
+            source="random initialisation from widths"))
+    return str(target)
+
+
+def _fmt_metric(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = None,
+               device: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) every stage of ``recipe`` in ``run_dir``; returns one record per stage."""
+    from workbench.artifacts import atomic_write_bytes, atomic_write_json
+    from workbench.train import distributed
+
+    run_dir = Path(run_dir)
+    dev = resolve_device(device or recipe.config.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = distributed.init(dev)
+    main = dist_info.is_main
+    setup_logging(main=main)
+    if from_id is not None:
+        start_plan = recipe.stage(from_id)
+    fingerprints = stage_fingerprints(recipe)
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "recipe.yaml", recipe.text.encode())
+        atomic_write_bytes(run_dir / "recipe.sha256", (recipe.sha256 + "\n").encode())
+        if from_id is not None:
+            for plan in recipe.stages[start_plan.index:]:
+                stage_dir = run_dir / plan.folder_name
+                if stage_dir.exists():
+                    log.info("--from %s: clearing %s", from_id, stage_dir)
+                    shutil.rmtree(stage_dir)
+    model_ref = _initial_model_ref(recipe, run_dir, main=main)
+    distributed.barrier()
+
+    parent: Path | None = None
+    records: list[dict[str, Any]] = []
+    total = len(recipe.stages)
+    t_run = time.perf_counter()
+    if main:
+        log.info("run %s: %s, %d stages, device %s%s", run_dir, recipe.name, total, dev,
+                 f", {dist_info.world_size} processes" if dist_info.enabled else "")
+    for plan, fingerprint in zip(recipe.stages, fingerprints):
+        stage_dir = run_dir / plan.folder_name
+        done = _read_json(stage_dir / DONE_FILE)
+        if done and done.get("fingerprint") == fingerprint:
+            artifact = done.get("artifact")
+            if artifact is None or (run_dir / artifact).exists():
+                parent = run_dir / artifact if artifact else parent
+                record = {"id": plan.id, "stage": plan.type, "skipped": True,
+                          "metrics": _read_json(stage_dir / "metrics.json") or {}}
+                records.append(record)
+                if main:
+                    print(f"[{plan.index + 1}/{total}] {plan.id} ({plan.type}): already done, skipped",
+                          flush=True)
+                continue
+        if main:
+            info = _read_json(stage_dir / "stage.json")
+            if stage_dir.exists() and (info is None or info.get("fingerprint") != fingerprint):
+                log.info("%s: configuration changed since the last run; starting the stage over", plan.id)
+                shutil.rmtree(stage_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            (stage_dir / DONE_FILE).unlink(missing_ok=True)
+            atomic_write_json(stage_dir / "stage.json", {
+                "id": plan.id, "stage": plan.type, "index": plan.index, "fingerprint": fingerprint,
+                "recipe_sha256": recipe.sha256, "config": plan.resolved,
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        distributed.barrier()
+        record = _run_stage(recipe, plan, stage_dir=stage_dir, run_dir=run_dir, parent=parent,
+                            model_ref=model_ref, device=dev, dist_info=dist_info, progress=progress,
+                            fingerprint=fingerprint, total=total)
+        records.append(record)
+        if record.get("artifact"):
+            parent = run_dir / record["artifact"]
+        if main:
+            atomic_write_json(run_dir / "summary.json", {
+                "recipe": str(recipe.path), "recipe_sha256": recipe.sha256, "run_dir": str(run_dir),
+                "stages": records, "final_artifact": str(parent) if parent else None})
+    if main:
+        print(f"run finished in {time.perf_counter() - t_run:.1f} s: {run_dir}"
+              + (f"; final model {parent}" if parent else ""), flush=True)
+    return records
+
+
+def _run_stage(recipe: Recipe, plan: StagePlan, *, stage_dir: Path, run_dir: Path, parent: Path | None,
+               model_ref: str, device: torch.device, dist_info: Any, progress: bool, fingerprint: str,
+               total: int) -> dict[str, Any]:
+    from workbench.artifacts import atomic_write_json
+    from workbench.recipes.loader import to_plain
+    from workbench.recipes.stage_utils import seed_everything, stage_seed
+    from workbench.train import distributed
+
+    main = dist_info.is_main
+    stage_type = get_stage(plan.type)
+    writer = None
+    handler = None
+    if main:
+        handler = logging.FileHandler(stage_dir / "log.txt", encoding="utf-8")
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("workbench").addHandler(handler)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(stage_dir / "tb"))
+    ctx = StageContext(run_dir=run_dir, stage_dir=stage_dir, stage_id=plan.id, stage_index=plan.index,
+                       parent=parent, model_ref=model_ref, scale=recipe.scale, seed=recipe.config.seed,
+                       device=device, smoke=recipe.smoke, data=to_plain(recipe.config.data),
+                       recipe_sha256=recipe.sha256, recipe=recipe.config, writer=writer,
+                       progress=progress, dist=dist_info, stage_type=plan.type,
+                       extras={"fingerprint": fingerprint, "recipe": recipe})
+    if main:
+        log.info("[%d/%d] %s (%s) -> %s", plan.index + 1, total, plan.id, plan.type, stage_dir)
+    seed_everything(stage_seed(ctx, salt=1))
+    t0 = time.perf_counter()
+    result: StageResult | None = None
+    try:
+        if plan.type in DISTRIBUTED_STAGES or not dist_info.enabled:
+            result = stage_type.fn(plan.config, ctx)
+        elif main:
+            result = stage_type.fn(plan.config, ctx)
+        if dist_info.enabled:
+            distributed.barrier()
+            result = distributed.broadcast_object(result if main else None)
+    except WorkbenchError as exc:
+        log.error("%s (%s) failed: %s", plan.id, plan.type, exc)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        if handler is not None:
+            logging.getLogger("workbench").removeHandler(handler)
+            handler.close()
+    seconds = time.perf_counter() - t0
+    assert result is not None
+    artifact_rel = None
+    if result.artifact is not None:
+        try:
+            artifact_rel = str(Path(result.artifact).resolve().relative_to(run_dir.resolve()))
+        except ValueError:
+            artifact_rel = str(Path(result.artifact).resolve())
+    record = {"id": plan.id, "stage": plan.type, "seconds": round(seconds, 2), "artifact": artifact_rel,
+              "summary": result.summary, "metrics": to_plain(result.metrics)}
+    if main:
+        atomic_write_json(stage_dir / "metrics.json", record["metrics"])
+        atomic_write_json(stage_dir / DONE_FILE, {
+            "fingerprint": fingerprint, "artifact": artifact_rel, "seconds": round(seconds, 2),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        line = result.summary or ", ".join(f"{k} {_fmt_metric(v)}" for k, v in list(result.metrics.items())[:4])
+        print(f"[{plan.index + 1}/{total}] {plan.id} ({plan.type}) done in {seconds:.1f} s"
+              + (f": {line}" if line else ""), flush=True)
+    return record

@@ -1,0 +1,485 @@
+"""Latency a search can trust: measured on the target device, isolated, cached.
+
+Why each part exists:
+
+- **Isolation.** Timings taken while the same machine trains are meaningless. Measurements run in a
+  long-lived worker subprocess (``spawn``, one per study process) fed width specs over a pipe, and
+  every measurement holds an *exclusive* device lock that training holds *shared*
+  (:class:`DeviceLock`): a measurement waits until no search worker on this machine is training,
+  and training waits while a measurement runs. A turnstile keeps measurements from starving.
+- **Statistics.** Warm-up runs, device synchronisation (CUDA events on a GPU), the median and p90 of
+  the repeats (``workbench.profiling.measure_latency``), or the NTIRE protocol over a folder of full
+  images (``ntire_latency``).
+- **Weights do not matter.** Latency depends on the widths, not the values, so a randomly initialised
+  model of the spec is timed; the cache key is the spec.
+- **Cache.** One SQLite file per machine (default ``~/.cache/workbench/latency.sqlite``; override with
+  ``WORKBENCH_LATENCY_CACHE`` or ``cache_path``), keyed by device name, spec key, input shape, dtype,
+  threads, torch version and protocol, shared by every study and process (SQLite's own locking; a
+  measurement re-checks the cache after taking the device lock, so two workers never measure the
+  same configuration twice). A repeated configuration costs nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import sqlite3
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from workbench.errors import WorkbenchError
+from workbench.models.rlfn import RLFNSpec
+from workbench.search.space import spec_key
+
+CACHE_ENV = "WORKBENCH_LATENCY_CACHE"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def default_cache_path() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "workbench" / "latency.sqlite"
+
+
+def device_name(device: str) -> str:
+    """A name that identifies the hardware a latency belongs to (the CPU model or the GPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return f"cuda:{torch.cuda.get_device_name(index)}"
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu:{model or platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded with every trial (a latency is only comparable under the same software)."""
+    import optuna
+    import torch
+
+    from workbench import __version__
+
+    return {"workbench": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cuda": str(torch.version.cuda) if torch.cuda.is_available() else "none"}
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How a latency is measured. Everything that changes the number is part of the cache key."""
+
+    device: str = "cpu"
+    input_shape: tuple[int, int, int, int] = (1, 3, 256, 256)   # LR input (N, C, H, W)
+    dtype: str = "float32"
+    threads: int | None = None          # CPU intra-op threads; None: torch's default (all cores)
+    warmup: int = 3
+    repeats: int = 10
+    ntire_folder: str | None = None     # NTIRE protocol: mean time per full LR image of this folder
+    cache_path: str | None = None       # None: default_cache_path()
+    isolate: bool = True                # measure in a worker subprocess (False: in this process)
+    statistic: str = "median"           # what the search optimises: median (default) or min of the
+                                        # repeats (min resists other processes' load on a shared machine)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise WorkbenchError(f"latency dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise WorkbenchError("latency: repeats must be >= 1 and warmup >= 0")
+        if self.statistic not in ("median", "min"):
+            raise WorkbenchError(f"latency statistic {self.statistic!r}: choose median or min")
+        if len(self.input_shape) != 4:
+            raise WorkbenchError(f"latency input shape {self.input_shape}: expected N,C,H,W")
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+
+    def resolved_threads(self) -> int:
+        import torch
+
+        return int(self.threads or torch.get_num_threads())
+
+    def cache_file(self) -> Path:
+        return Path(self.cache_path).expanduser() if self.cache_path else default_cache_path()
+
+    def protocol(self) -> str:
+        if self.ntire_folder:
+            folder = Path(self.ntire_folder)
+            files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+            return f"ntire:{folder.resolve()}:{len(files)}"
+        return "median"
+
+
+def cache_key_fields(spec: RLFNSpec, settings: LatencySettings, *, device: str | None = None) -> dict[str, Any]:
+    import torch
+
+    return {"device": device or device_name(settings.device), "spec": spec_key(spec),
+            "input_shape": "x".join(map(str, settings.input_shape)), "dtype": settings.dtype,
+            "threads": settings.resolved_threads() if not settings.device.startswith("cuda") else 0,
+            "torch": torch.__version__, "protocol": settings.protocol()}
+
+
+class LatencyCache:
+    """Measured latencies in one SQLite file, safe to share between processes and studies."""
+
+    _COLUMNS = ("device", "spec", "input_shape", "dtype", "threads", "torch", "protocol")
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("""CREATE TABLE IF NOT EXISTS latency (
+                device TEXT, spec TEXT, input_shape TEXT, dtype TEXT, threads INTEGER, torch TEXT,
+                protocol TEXT, median_ms REAL, p90_ms REAL, record TEXT, measured_at REAL,
+                PRIMARY KEY (device, spec, input_shape, dtype, threads, torch, protocol))""")
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=120)
+        try:
+            with db:
+                yield db
+        except sqlite3.DatabaseError as exc:
+            raise WorkbenchError(f"{self.path}: latency cache cannot be used ({exc}); delete it "
+                                 f"or pick another with --latency-cache") from None
+        finally:
+            db.close()
+
+    def get(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        where = " AND ".join(f"{c} = ?" for c in self._COLUMNS)
+        with self._connect() as db:
+            row = db.execute(f"SELECT record FROM latency WHERE {where}",
+                             [key[c] for c in self._COLUMNS]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO latency ({', '.join(self._COLUMNS)}, median_ms, p90_ms, "
+                       f"record, measured_at) VALUES ({', '.join('?' * (len(self._COLUMNS) + 4))})",
+                       [key[c] for c in self._COLUMNS] + [record.get("median_ms"), record.get("p90_ms"),
+                                                          json.dumps(dict(record)), time.time()])
+
+    def __len__(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM latency").fetchone()[0])
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            cur = db.execute(f"SELECT {', '.join(self._COLUMNS)}, median_ms, p90_ms FROM latency")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+class DeviceLock:
+    """Readers-writer lock across processes (``flock``): training shared, measuring exclusive.
+
+    A writer first takes the turnstile, so readers arriving while it waits queue behind it instead
+    of starving it. On systems without ``fcntl`` the lock does nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _flock(self, suffix: str, mode: str) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        with open(str(self.path) + suffix, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if mode == "ex" else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold while training or evaluating: several holders at once."""
+        with self._flock(".turnstile", "ex"):
+            pass
+        with self._flock(".device", "sh"):
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold while measuring: nobody on this machine trains meanwhile."""
+        with self._flock(".turnstile", "ex"):
+            with self._flock(".device", "ex"):
+                yield
+
+
+# -- the measurement itself (runs in the worker subprocess) -----------------------------------
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _fallback_measure(model, *, input_shape, device, dtype, warmup, repeats) -> dict[str, Any]:
+    """Median/p90 of ``repeats`` timed forward passes after ``warmup`` (CUDA events on a GPU).
+
+    Used only where ``workbench.profiling`` is not importable.
+    """
+    import torch
+
+    x = torch.rand(*input_shape, device=device, dtype=dtype) * 255
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            if str(device).startswith("cuda"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize(device)
+                start.record()
+                model(x)
+                end.record()
+                torch.cuda.synchronize(device)
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                model(x)
+                times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times),
+            "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+            "mean_ms": statistics.fmean(times), "min_ms": times[0], "repeats": repeats, "warmup": warmup}
+
+
+def measure_spec(spec: RLFNSpec, settings: LatencySettings) -> dict[str, Any]:
+    """Time a randomly initialised model of ``spec`` in this process, as ``settings`` says."""
+    import torch
+
+    from workbench.models import build_model
+
+    if not settings.device.startswith("cuda"):
+        torch.set_num_threads(settings.resolved_threads())
+    torch.manual_seed(0)
+    dtype = _dtype(settings.dtype)
+    model = build_model(spec).eval().to(device=settings.device, dtype=dtype)
+    if settings.ntire_folder:
+        from workbench.profiling import ntire_latency
+
+        result = dict(ntire_latency(model, settings.ntire_folder, device=settings.device, dtype=dtype,
+                                    warmup=settings.warmup, threads=settings.threads))
+    else:
+        try:
+            from workbench.profiling import measure_latency
+        except ImportError:
+            measure_latency = None
+        if measure_latency is not None:
+            result = dict(measure_latency(model, input_shape=settings.input_shape, device=settings.device,
+                                          dtype=dtype, warmup=settings.warmup, repeats=settings.repeats,
+                                          threads=settings.threads))
+        else:
+            result = _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
+                                       dtype=dtype, warmup=settings.warmup, repeats=settings.repeats)
+    result["pid"] = os.getpid()  # shows which process measured (the isolated worker)
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, type(None), list))}
+
+
+def compare_specs(specs: Mapping[str, RLFNSpec], settings: LatencySettings, *, rounds: int = 5,
+                  per_round: int | None = None) -> dict[str, dict[str, Any]]:
+    """Side-by-side latency of several specs: interleaved rounds in one process, medians per spec.
+
+    Interleaving means a slow spell of a shared machine hits every model alike, so ratios hold
+    even when absolute times do not. Each round times every model ``per_round`` times (default
+    ``max(3, repeats // rounds)``) and keeps that round's median.
+    """
+    import torch
+
+    from workbench.models import build_model
+
+    if not settings.device.startswith("cuda"):
+        torch.set_num_threads(settings.resolved_threads())
+    dtype = _dtype(settings.dtype)
+    torch.manual_seed(0)
+    models = {n: build_model(s).eval().to(device=settings.device, dtype=dtype) for n, s in specs.items()}
+    times: dict[str, list[float]] = {n: [] for n in specs}
+    per_round = per_round or max(3, settings.repeats // max(1, rounds))
+    for model in models.values():  # warm every model up before any timing
+        _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
+                          dtype=dtype, warmup=max(1, settings.warmup), repeats=1)
+    from tqdm import tqdm
+
+    bar = tqdm(total=rounds * len(models), desc=f"latency of {len(models)} configs, interleaved",
+               unit="run", disable=len(models) < 4, leave=False)
+    for _ in range(rounds):
+        for name, model in models.items():
+            r = _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
+                                  dtype=dtype, warmup=0, repeats=per_round)
+            times[name].append(r["median_ms"])
+            bar.update(1)
+    bar.close()
+    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "rounds": t} for n, t in times.items()}
+
+
+def _worker_main(conn, settings_dict: dict[str, Any]) -> None:
+    """Body of the latency subprocess: receive (op, payload), reply ("ok", result) or ("error", msg)."""
+    settings = LatencySettings(**settings_dict)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        op, payload = message
+        try:
+            if op == "measure":
+                conn.send(("ok", measure_spec(RLFNSpec.from_dict(payload), settings)))
+            elif op == "compare":
+                specs = {n: RLFNSpec.from_dict(d) for n, d in payload["specs"].items()}
+                conn.send(("ok", compare_specs(specs, settings, rounds=payload.get("rounds", 5),
+                                               per_round=payload.get("per_round"))))
+            else:
+                conn.send(("error", f"unknown request {op!r}"))
+        except Exception as exc:  # reported to the caller, which raises it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class LatencyMeasurer:
+    """Cached, isolated latency of width specs. Use as a context manager (stops the worker).
+
+    ``measured`` counts real measurements and ``hits`` cache hits, so a test (or a log) can tell
+    that a repeated configuration cost nothing.
+    """
+
+    settings: LatencySettings = field(default_factory=LatencySettings)
+    measured: int = 0
+    hits: int = 0
+
+    def __post_init__(self) -> None:
+        self.cache = LatencyCache(self.settings.cache_file())
+        self.lock = DeviceLock(self.settings.cache_file().with_suffix(".lock"))
+        self._device = device_name(self.settings.device)
+        self._proc = None
+        self._conn = None
+
+    # -- worker process ------------------------------------------------------------------------
+    def _request(self, op: str, payload: Any) -> Any:
+        if not self.settings.isolate:
+            if op == "measure":
+                return measure_spec(RLFNSpec.from_dict(payload), self.settings)
+            specs = {n: RLFNSpec.from_dict(d) for n, d in payload["specs"].items()}
+            return compare_specs(specs, self.settings, rounds=payload.get("rounds", 5),
+                                 per_round=payload.get("per_round"))
+        if self._proc is None or not self._proc.is_alive():
+            ctx = mp.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            settings = asdict(self.settings)
+            settings["threads"] = self.settings.resolved_threads()
+            self._proc = ctx.Process(target=_worker_main, args=(child, settings), daemon=True,
+                                     name="workbench-latency")
+            self._proc.start()
+            child.close()
+        self._conn.send((op, payload))
+        try:
+            status, result = self._conn.recv()
+        except EOFError:
+            self.close()
+            raise WorkbenchError("the latency worker process died during a measurement") from None
+        if status != "ok":
+            raise WorkbenchError(f"latency measurement failed: {result}")
+        return result
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self._conn.send(None)
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.terminate()
+        self._proc = self._conn = None
+
+    def __enter__(self) -> "LatencyMeasurer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- public ----------------------------------------------------------------------------------
+    def key(self, spec: RLFNSpec) -> dict[str, Any]:
+        return cache_key_fields(spec, self.settings, device=self._device)
+
+    def latency(self, spec: RLFNSpec) -> dict[str, Any]:
+        """Median latency record of ``spec`` (from the cache when this configuration was measured).
+
+        The record holds ``median_ms``, ``p90_ms``, ``cached`` and the cache key fields.
+        """
+        key = self.key(spec)
+        record = self.cache.get(key)
+        if record is None:
+            with self.lock.exclusive():
+                record = self.cache.get(key)      # another worker may have measured it meanwhile
+                if record is None:
+                    record = dict(self._request("measure", spec.to_dict()))
+                    record.update(key)
+                    record["measured_at"] = time.time()
+                    self.cache.put(key, record)
+                    self.measured += 1
+                    return {**record, "cached": False}
+        self.hits += 1
+        return {**record, "cached": True}
+
+    def value(self, record: Mapping[str, Any]) -> float:
+        """The number the search uses from a record: its median, or its minimum (``statistic``)."""
+        if self.settings.ntire_folder:  # the challenge's number: mean time per full image
+            return float(record["mean_ms"])
+        key = f"{self.settings.statistic}_ms"
+        return float(record.get(key, record["median_ms"]))
+
+    def measure_many(self, specs: list[RLFNSpec]) -> int:
+        """Measure every spec not yet cached *interleaved*: ``repeats`` rounds, each timing every
+        model once, so that a slow spell of a shared machine hits all configurations alike (their
+        order is then right even when absolute times drift). Results go to the cache like any
+        other measurement; returns how many were measured. The NTIRE protocol is measured one by
+        one (each is a whole folder)."""
+        todo: dict[str, RLFNSpec] = {}
+        for spec in specs:
+            if self.cache.get(self.key(spec)) is None:
+                todo.setdefault(spec_key(spec), spec)
+        if not todo:
+            return 0
+        if self.settings.ntire_folder:
+            for spec in todo.values():
+                self.latency(spec)
+            return len(todo)
+        with self.lock.exclusive():
+            todo = {k: s for k, s in todo.items() if self.cache.get(self.key(s)) is None}
+            result = self._request("compare", {"specs": {k: s.to_dict() for k, s in todo.items()},
+                                               "rounds": self.settings.repeats, "per_round": 1})
+            for k, spec in todo.items():
+                times = sorted(result[k]["rounds"])
+                record = {"median_ms": statistics.median(times), "min_ms": times[0],
+                          "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+                          "mean_ms": statistics.fmean(times), "repeats": len(times),
+                          "warmup": self.settings.warmup, "interleaved_with": len(todo),
+                          **self.key(spec), "measured_at": time.time()}
+                self.cache.put(self.key(spec), record)
+                self.measured += 1
+        return len(todo)
+
+    def compare(self, specs: Mapping[str, RLFNSpec], *, rounds: int = 5) -> dict[str, dict[str, Any]]:
+        """Fresh side-by-side measurement (not cached) of several specs; see :func:`compare_specs`."""
+        with self.lock.exclusive():
+            return self._request("compare", {"specs": {n: s.to_dict() for n, s in specs.items()},
+                                             "rounds": rounds})

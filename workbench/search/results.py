@@ -1,0 +1,328 @@
+"""What a finished (or interrupted) study leaves behind, all in its out folder:
+
+- ``trials.csv``: every trial (number, state, widths, params, latency, PSNR, feasibility, worker);
+- ``pareto.csv`` / ``pareto.md``: the feasible Pareto front (PSNR up, latency down) with the ratio
+  of each point's latency to the parent's;
+- ``pareto.png``: all trials, the front, the parent and the reference model (if measured);
+- ``summary.json``: the parent, the selected configuration, a side-by-side latency comparison;
+- ``best/``: the selected configuration as an artifact (lineage: parent, trial, study, storage),
+  the parent of the next recipe stage (the L2 fine-tune).
+
+The same study can be watched live: ``optuna-dashboard sqlite:///<out>/study.db``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import WorkbenchError
+from workbench.search.objective import pareto_front
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from workbench.search.latency import LatencyMeasurer
+    from workbench.search.study import SearchJob
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    summary: str
+    params: int | None
+    latency_ms: float | None
+    psnr_y: float | None
+    psnr_pruned: float | None
+    feasible: bool
+    duplicate_of: int | None
+    candidate: str | None
+    spec_key: str
+    seconds: float | None
+    worker: str
+    error: str
+
+
+def trial_rows(study: "optuna.Study") -> list[TrialRow]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        u = t.user_attrs
+        constraints = t.constraints
+        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in constraints.values())
+        worker = u.get("worker") or {}
+        rows.append(TrialRow(
+            number=t.number, state=t.state.name + (" (abandoned)" if u.get("abandoned") else ""),
+            summary=u.get("summary", ""), params=u.get("params"), latency_ms=u.get("latency_ms"),
+            psnr_y=u.get("psnr_y"), psnr_pruned=u.get("psnr_pruned"), feasible=feasible,
+            duplicate_of=u.get("duplicate_of"), candidate=u.get("candidate"),
+            spec_key=u.get("spec_key", ""), seconds=u.get("seconds"),
+            worker=f"{worker.get('host', '')}:{worker.get('pid', '')}" if worker else "",
+            error=u.get("error", "")))
+    return rows
+
+
+def front_rows(rows: list[TrialRow], *, feasible_only: bool = True) -> list[TrialRow]:
+    """The Pareto front (feasible trials only, unless told) over distinct configurations, by latency."""
+    seen: dict[str, TrialRow] = {}
+    for r in rows:
+        if r.state != "COMPLETE" or (feasible_only and not r.feasible):
+            continue
+        if r.psnr_y is not None and r.latency_ms is not None and r.spec_key not in seen:
+            seen[r.spec_key] = r
+    return pareto_front([(r, r.psnr_y, r.latency_ms) for r in seen.values()])
+
+
+def select_best(rows: list[TrialRow], job: "SearchJob", attrs: dict[str, Any]) -> TrialRow | None:
+    """The configuration handed to the next stage.
+
+    With a PSNR floor (``latency`` objective, or ``pareto`` with --psnr-min/--psnr-drop): the
+    fastest feasible trial. With only a latency budget: the highest-PSNR feasible trial. Pareto
+    without constraints: the highest-PSNR point of the front.
+    """
+    front = front_rows(rows)
+    if not front:
+        return None
+    if attrs.get("psnr_floor") is not None:
+        return min(front, key=lambda r: (r.latency_ms, -r.psnr_y))
+    return max(front, key=lambda r: (r.psnr_y, -r.latency_ms))
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_csv(path: Path, rows: list[TrialRow], *, parent_latency: float | None) -> None:
+    from workbench.artifacts import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["trial", "state", "config", "params", "latency_ms", "latency_ratio", "psnr_y",
+                     "psnr_pruned", "feasible", "duplicate_of", "seconds", "worker", "candidate",
+                     "spec_key", "error"])
+    for r in rows:
+        ratio = r.latency_ms / parent_latency if r.latency_ms and parent_latency else None
+        writer.writerow([r.number, r.state, r.summary, r.params, _fmt(r.latency_ms, 2), _fmt(ratio, 3),
+                         _fmt(r.psnr_y, 4), _fmt(r.psnr_pruned, 4), r.feasible,
+                         "" if r.duplicate_of is None else r.duplicate_of, _fmt(r.seconds, 1), r.worker,
+                         r.candidate or "", r.spec_key, r.error])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def markdown_table(front: list[TrialRow], attrs: dict[str, Any], best: TrialRow | None) -> str:
+    parent_lat = attrs.get("parent_latency_ms")
+    parent_psnr = attrs.get("parent_psnr_y")
+    lines = ["| trial | config | params | latency ms | x parent | PSNR-Y dB | vs parent dB | |",
+             "|---:|---|---:|---:|---:|---:|---:|---|"]
+    if parent_lat is not None:
+        lines.append(f"| parent | {attrs.get('parent_summary', '')} | | {parent_lat:.1f} | 1.000 | "
+                     f"{_fmt(parent_psnr, 3)} | 0.000 | |")
+    for r in front:
+        ratio = r.latency_ms / parent_lat if parent_lat else float("nan")
+        delta = r.psnr_y - parent_psnr if parent_psnr is not None else float("nan")
+        mark = "selected" if best is not None and r.number == best.number else ""
+        lines.append(f"| {r.number} | {r.summary} | {r.params or ''} | {r.latency_ms:.1f} | {ratio:.3f} | "
+                     f"{r.psnr_y:.3f} | {delta:+.3f} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: dict[str, Any],
+               best: TrialRow | None, *, title: str, front_all: list[TrialRow] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    done = [r for r in rows if r.psnr_y is not None and r.latency_ms is not None]
+    feas = [r for r in done if r.feasible]
+    infeas = [r for r in done if not r.feasible]
+    if feas:
+        ax.scatter([r.latency_ms for r in feas], [r.psnr_y for r in feas], s=18, c="tab:blue",
+                   alpha=0.6, label="trials")
+    if infeas:
+        ax.scatter([r.latency_ms for r in infeas], [r.psnr_y for r in infeas], s=18, c="tab:gray",
+                   marker="x", alpha=0.7, label="infeasible")
+    if front_all and [r.number for r in front_all] != [r.number for r in front]:
+        ax.step([r.latency_ms for r in front_all], [r.psnr_y for r in front_all], where="post",
+                c="tab:gray", lw=0.8, ls=":", label="front without the constraints")
+    if front:
+        ax.step([r.latency_ms for r in front], [r.psnr_y for r in front], where="post", c="tab:red",
+                lw=1.2, label="Pareto front")
+        ax.scatter([r.latency_ms for r in front], [r.psnr_y for r in front], s=30, c="tab:red")
+        for r in front:
+            ax.annotate(r.summary, (r.latency_ms, r.psnr_y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    if attrs.get("parent_latency_ms") is not None:
+        ax.scatter([attrs["parent_latency_ms"]], [attrs["parent_psnr_y"]], marker="*", s=160,
+                   c="black", label="parent", zorder=5)
+    if attrs.get("reference_latency_ms") is not None:
+        ax.scatter([attrs["reference_latency_ms"]], [attrs["reference_psnr_y"]], marker="D", s=60,
+                   c="tab:green", label=str(attrs.get("reference")), zorder=5)
+    if best is not None:
+        ax.scatter([best.latency_ms], [best.psnr_y], s=160, facecolors="none", edgecolors="tab:orange",
+                   linewidths=2, label=f"selected (trial {best.number})", zorder=6)
+    if attrs.get("psnr_floor") is not None:
+        ax.axhline(attrs["psnr_floor"], ls="--", c="tab:orange", lw=0.8, label="PSNR floor")
+    if attrs.get("latency_budget_ms") is not None:
+        ax.axvline(attrs["latency_budget_ms"], ls="--", c="tab:purple", lw=0.8, label="latency budget")
+    ax.set_xlabel(f"latency (ms, {attrs.get('latency_statistic', 'median')}) on {attrs.get('device_name', '')}"[:90])
+    ax.set_ylabel(f"PSNR-Y (dB) on {attrs.get('eval_set', '')}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def export_best(best: TrialRow, job: "SearchJob", attrs: dict[str, Any], dest: Path) -> Path:
+    """Save the selected trial's model as an artifact whose lineage names parent, trial and study."""
+    from workbench.artifacts import load_artifact, make_lineage, save_artifact
+    from workbench.search.study import storage_url
+
+    if not best.candidate or not Path(best.candidate).exists():
+        raise WorkbenchError(f"trial {best.number}: its model was not kept (keep_candidates off or "
+                             f"{best.candidate} removed); rerun with candidates kept")
+    art = load_artifact(best.candidate)
+    metrics = {"psnr_y": best.psnr_y, "latency_ms": best.latency_ms, "eval_set": job.eval_set,
+               "parent_psnr_y": attrs.get("parent_psnr_y"), "parent_latency_ms": attrs.get("parent_latency_ms"),
+               "latency_device": attrs.get("device_name")}
+    lineage = make_lineage(parent=job.parent, seed=job.seed, stage="search", device=job.device,
+                           trial=best.number, study=job.study_name, storage=storage_url(job),
+                           candidate=best.candidate, objective=job.objective.objective)
+    return save_artifact(dest, art.model, metrics=metrics, lineage=lineage,
+                         config={"spec_key": best.spec_key, "space": job.space.to_dict()})
+
+
+def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "LatencyMeasurer | None" = None,
+                  compare_rounds: int = 5) -> dict[str, Any]:
+    """Write every result file into ``job.out_dir``; returns the summary (also summary.json)."""
+    from workbench.artifacts import atomic_write_bytes, atomic_write_json
+    from workbench.models.rlfn import RLFNSpec
+    from workbench.search.space import spec_summary
+
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    attrs = dict(study.user_attrs)
+    if "parent_spec" in attrs:
+        attrs["parent_summary"] = spec_summary(RLFNSpec.from_dict(attrs["parent_spec"]))
+    rows = trial_rows(study)
+    front = front_rows(rows)
+    best = select_best(rows, job, attrs)
+    write_csv(out / "trials.csv", rows, parent_latency=attrs.get("parent_latency_ms"))
+    write_csv(out / "pareto.csv", front, parent_latency=attrs.get("parent_latency_ms"))
+    md = "Feasible Pareto front\n\n" + markdown_table(front, attrs, best)
+    md += "\nPareto front without the constraints\n\n" + markdown_table(front_rows(rows, feasible_only=False), attrs, best)
+    atomic_write_bytes(out / "pareto.md", md.encode())
+    title = (f"{job.study_name}: {sum(r.state == 'COMPLETE' for r in rows)} trials, objective "
+             f"{job.objective.objective}, fine-tune {job.finetune.iterations} it")
+    front_all = front_rows(rows, feasible_only=False)
+    write_csv(out / "pareto_unconstrained.csv", front_all, parent_latency=attrs.get("parent_latency_ms"))
+    plot_front(out / "pareto.png", rows, front, attrs, best, title=title, front_all=front_all)
+
+    summary: dict[str, Any] = {
+        "study": job.study_name, "storage": _public_url(job), "objective": job.objective.objective,
+        "trials": {"counted": sum(1 for r in rows if "abandoned" not in r.state),
+                   "complete": sum(r.state == "COMPLETE" for r in rows),
+                   "failed": sum(r.state.startswith("FAIL") for r in rows),
+                   "distinct_configs": len({r.spec_key for r in rows if r.spec_key})},
+        "parent": {k[len("parent_"):]: v for k, v in attrs.items() if k.startswith("parent_")},
+        "psnr_floor": attrs.get("psnr_floor"), "latency_budget_ms": attrs.get("latency_budget_ms"),
+        "device": attrs.get("device_name"), "versions": attrs.get("versions"),
+        "front": [{"trial": r.number, "config": r.summary, "latency_ms": r.latency_ms, "psnr_y": r.psnr_y,
+                   "params": r.params} for r in front],
+        "front_unconstrained": [{"trial": r.number, "config": r.summary, "latency_ms": r.latency_ms,
+                                 "psnr_y": r.psnr_y, "params": r.params} for r in front_all],
+        "best": None, "files": ["trials.csv", "pareto.csv", "pareto_unconstrained.csv", "pareto.md",
+                                "pareto.png"],
+        "dashboard": f"optuna-dashboard {_public_url(job)}",
+    }
+    if attrs.get("reference_latency_ms") is not None:
+        summary["reference"] = {"model": attrs.get("reference"), "latency_ms": attrs["reference_latency_ms"],
+                                "psnr_y": attrs.get("reference_psnr_y")}
+    if best is not None:
+        summary["best"] = {"trial": best.number, "config": best.summary, "latency_ms": best.latency_ms,
+                           "psnr_y": best.psnr_y, "params": best.params, "spec_key": best.spec_key}
+        if job.keep_candidates and best.candidate:
+            dest = Path(job.best_dir) if job.best_dir else out / "best"
+            summary["best"]["artifact"] = str(export_best(best, job, attrs, dest))
+            summary["files"].append(str(dest))
+        if measurer is not None and "parent_spec" in attrs:
+            specs = {"parent": RLFNSpec.from_dict(attrs["parent_spec"]),
+                     "best": RLFNSpec.from_dict(study.trials[best.number].user_attrs["spec"])}
+            if attrs.get("reference_spec"):
+                specs["reference"] = RLFNSpec.from_dict(attrs["reference_spec"])
+            from workbench.search.space import spec_key
+
+            distinct: dict[str, str] = {}   # spec key -> first name: equal widths are timed once
+            for name, spec in specs.items():
+                distinct.setdefault(spec_key(spec), name)
+            timed = measurer.compare({n: specs[n] for n in distinct.values()}, rounds=compare_rounds)
+            side = {name: timed[distinct[spec_key(spec)]] for name, spec in specs.items()}
+            summary["side_by_side"] = {
+                "parent_ms": side["parent"]["median_ms"], "best_ms": side["best"]["median_ms"],
+                "ratio": side["best"]["median_ms"] / side["parent"]["median_ms"],
+                "ratio_min": side["best"].get("min_ms", 0) / side["parent"].get("min_ms", 1),
+                "rounds": compare_rounds, "input_shape": list(job.latency.input_shape),
+                "threads": job.latency.threads, "all": side,
+                "note": "fresh interleaved measurement in one process (not from the cache)"}
+            if "reference" in side:
+                summary["side_by_side"]["reference_ms"] = side["reference"]["median_ms"]
+                summary["side_by_side"]["reference_ratio"] = side["reference"]["median_ms"] / side["parent"]["median_ms"]
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _public_url(job: "SearchJob") -> str:
+    from workbench.search.study import storage_url
+
+    url = storage_url(job)
+    if "@" in url and "://" in url:  # hide a password in a database URL
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [f"study {summary['study']} ({summary['storage']}): {summary['trials']['complete']} complete, "
+             f"{summary['trials']['failed']} failed, {summary['trials']['distinct_configs']} distinct configs"]
+    p = summary.get("parent") or {}
+    if p.get("latency_ms") is not None:
+        lines.append(f"parent: {p.get('psnr_y', float('nan')):.3f} dB, {p['latency_ms']:.1f} ms")
+    parent_ms = p.get("latency_ms")
+    for title, key in (("Pareto front, feasible", "front"), ("Pareto front without the constraints",
+                                                             "front_unconstrained")):
+        if key == "front_unconstrained" and summary.get(key) == summary.get("front"):
+            continue
+        lines.append(f"{title} (latency ms, x parent, PSNR-Y dB):")
+        for f in summary.get(key) or []:
+            ratio = f"{f['latency_ms'] / parent_ms:5.2f}x" if parent_ms else ""
+            lines.append(f"  #{f['trial']:<4} {f['config']:<22} {f['latency_ms']:8.1f} ms {ratio}  {f['psnr_y']:.3f} dB")
+    b = summary.get("best")
+    if b:
+        lines.append(f"selected: trial {b['trial']} {b['config']}: {b['psnr_y']:.3f} dB, {b['latency_ms']:.1f} ms"
+                     + (f" -> {b['artifact']}" if b.get("artifact") else ""))
+    else:
+        lines.append("selected: none (no feasible trial)")
+    s = summary.get("side_by_side")
+    if s:
+        lines.append(f"side by side: parent {s['parent_ms']:.1f} ms, selected {s['best_ms']:.1f} ms, "
+                     f"ratio {s['ratio']:.3f} (min-based {s.get('ratio_min', float('nan')):.3f})"
+                     + (f"; reference {s['reference_ms']:.1f} ms, ratio {s['reference_ratio']:.3f}"
+                        if "reference_ms" in s else ""))
+    lines.append(f"watch: {summary['dashboard']}")
+    return "\n".join(lines)
+
+
+def load_summary(out_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / "summary.json").read_text())

@@ -1,0 +1,570 @@
+"""The study: Optuna storage, workers that add trials without losing or duplicating any, resume.
+
+Storage: ``sqlite:///<out>/study.db`` by default; any URL Optuna accepts (``postgresql://``,
+``mysql://`` for several machines); ``journal:///path/study.log`` for Optuna's journal file
+storage (better than SQLite for many processes on one machine or a shared filesystem).
+
+Exact trial counts: a worker *claims* a trial under a file lock beside the storage: it counts the
+trials that use up the budget (complete, pruned, failed, running; not the ones abandoned by a killed
+worker) and asks for a new trial only while that count is below ``n_trials``. So any number of
+workers -- ``--workers N`` processes or N separate ``workbench search`` invocations -- finish with
+exactly ``n_trials`` counted trials. (For a database on another machine the lock only covers this
+machine; workers on other machines may overshoot by at most one trial each.)
+
+Resume: rerunning the same command continues the study. Trials left RUNNING by a worker that no
+longer exists (same host, dead pid) are marked FAIL with the user attribute ``abandoned`` and do not
+count, so their slots are run again.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from workbench.errors import WorkbenchError
+from workbench.search.latency import LatencyMeasurer, LatencySettings, device_name, software_versions
+from workbench.search.objective import FinetuneSettings, ObjectiveConfig
+from workbench.search.space import SearchSpace, spec_key, spec_summary
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from workbench.search.objective import CandidateEvaluator
+
+log = logging.getLogger("workbench.search")
+
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """Everything a study worker needs (picklable: workers are spawned processes)."""
+
+    parent: str                                  # model reference: artifact, .pth or name
+    out_dir: str
+    n_trials: int
+    space: SearchSpace
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    storage: str | None = None                   # None: sqlite:///<out_dir>/study.db
+    study_name: str = "search"
+    eval_set: str = "Set5"
+    data_root: str | None = None
+    train_data: str | None = None                # HR image folder for the fine-tunes
+    train_files: tuple[str, ...] = ()            # or explicit HR files (a recipe's data.train)
+    train_lr_files: tuple[str, ...] | None = None  # and their LR files (None: bicubic from HR)
+    best_dir: str | None = None                  # where the selected artifact goes (out/best)
+    device: str = "cpu"
+    seed: int = 0
+    sampler: str = "tpe"
+    criterion: str = "output"
+    keep_candidates: bool = True                 # save every trial's model (the best is exported)
+    reference: str | None = None                 # a model to mark on the plot (rlfn_ntire_x4)
+    train_threads: int | None = None             # torch threads per worker for training
+    enqueue_parent: bool = True                  # first trial: the parent's own widths (a baseline)
+    premeasure: int = 0                          # measure the whole space first if it has <= this many configs
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise WorkbenchError(f"--trials must be >= 1, got {self.n_trials}")
+        if self.sampler not in SAMPLERS:
+            raise WorkbenchError(f"sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change when a stored study is continued."""
+        return {"parent": self.parent, "criterion": self.criterion, "space": self.space.to_dict(), "objective": asdict(self.objective),
+                "finetune": asdict(self.finetune), "eval_set": self.eval_set,
+                "latency": {k: v for k, v in asdict(self.latency).items()
+                            if k in ("device", "input_shape", "dtype", "threads", "ntire_folder")}}
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+def storage_url(job: SearchJob) -> str:
+    return job.storage or f"sqlite:///{Path(job.out_dir).resolve() / 'study.db'}"
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for ``url`` (``journal:///path`` gives journal file storage)."""
+    import optuna
+
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # A long busy timeout: several processes write one file.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:
+        shown = url
+        if "@" in url and "://" in url:  # never print a database password
+            scheme, rest = url.split("://", 1)
+            shown = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        raise WorkbenchError(f"--storage {shown}: Optuna cannot open it ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def claim_lock_path(job: SearchJob) -> Path:
+    url = storage_url(job)
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):] + ".claim.lock")
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):] + ".claim.lock")
+    return Path(job.out_dir) / f"{job.study_name}.claim.lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock across processes on this machine (``flock``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def make_sampler(job: SearchJob, worker_index: int) -> Any:
+    import optuna
+
+    # Each worker gets its own seed: equal seeds would make workers propose equal trials.
+    seed = job.seed * 1000 + worker_index
+    if job.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if job.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, job.n_trials // 3)))
+    import warnings
+
+    with warnings.catch_warnings():  # multivariate/group are "experimental" but long stable
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, job.n_trials // 3)),
+                                          multivariate=True, group=True)
+
+
+def open_study(job: SearchJob, *, worker_index: int = 0) -> "optuna.Study":
+    """Create the study, or load it when it exists (same name in the same storage)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = job.objective.directions
+    # Creating a new SQLite file's schema from two processes at once fails; serialise opening.
+    with file_lock(claim_lock_path(job).with_suffix(".open.lock")):
+        storage = open_storage(storage_url(job))
+        study = optuna.create_study(storage=storage, study_name=job.study_name, directions=directions,
+                                    sampler=make_sampler(job, worker_index), load_if_exists=True)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise WorkbenchError(f"study {job.study_name!r} in {storage_url(job)} was created with "
+                             f"directions {stored} (another objective); use another --study-name")
+    return study
+
+
+def _trial_counts(study: "optuna.Study") -> tuple[int, list[Any]]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and not t.user_attrs.get("abandoned"))]
+    return len(counted), trials
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale_trials(study: "optuna.Study") -> list[int]:
+    """Mark trials left RUNNING by a dead worker on this host as FAIL (abandoned); their numbers."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") != host or _pid_alive(int(worker.get("pid", -1))):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "abandoned", True)
+        study._storage.set_trial_user_attr(t._trial_id, "error", f"worker pid {worker.get('pid')} died")
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except Exception:  # another worker recovered it first
+            continue
+        retry_later(study, t)
+        recovered.append(t.number)
+    return recovered
+
+
+def retry_later(study: "optuna.Study", trial: Any) -> None:
+    """Queue an abandoned trial's parameters again, so its configuration is still evaluated (the
+    abandoned trial does not count towards ``n_trials``; the retry does)."""
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def claim_trial(study: "optuna.Study", job: SearchJob, worker_index: int) -> "optuna.trial.Trial | None":
+    """A new trial when the study has fewer than ``n_trials`` counted ones, else None."""
+    with file_lock(claim_lock_path(job)):
+        recover_stale_trials(study)
+        counted, _ = _trial_counts(study)
+        if counted >= job.n_trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
+                                       "index": worker_index})
+        return trial
+
+
+# -- preparation: parent figures shared by every worker -------------------------------------------
+
+def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, parent_model: Any,
+                    evaluator: "CandidateEvaluator", measurer: LatencyMeasurer) -> dict[str, Any]:
+    """Measure the parent once per study (PSNR, latency) and store it, with the job's settings, as
+    study user attributes; later workers and resumed runs read them back. A resumed study run with a
+    different space/objective/fine-tune is refused."""
+    with file_lock(claim_lock_path(job).with_suffix(".prepare.lock")):
+        attrs = dict(study.user_attrs)
+        if "fingerprint" in attrs:
+            if attrs["fingerprint"] != _jsonable(job.fingerprint()):
+                raise WorkbenchError(
+                    f"study {job.study_name!r} in {storage_url(job)} was run with other settings "
+                    f"(space/objective/fine-tune/latency); use another --study-name or --out")
+            return attrs
+        extra = []
+        if job.reference:
+            from workbench.artifacts import load_model
+
+            ref_spec = load_model(job.reference).spec
+            extra = [ref_spec] if ref_spec.scale == parent_spec.scale else []
+        premeasured = premeasure_space(job, parent_spec, measurer, extra=extra)
+        lat = measurer.latency(parent_spec)
+        with measurer.lock.shared():
+            psnr = evaluator.psnr(parent_model)
+        floor = job.objective.psnr_floor(psnr)
+        values = {
+            "fingerprint": _jsonable(job.fingerprint()), "parent": job.parent,
+            "parent_spec": parent_spec.to_dict(), "parent_spec_key": spec_key(parent_spec),
+            "parent_psnr_y": psnr, "parent_latency_ms": _value(measurer, lat), "psnr_floor": floor,
+            "latency_statistic": job.latency.statistic, "premeasured": premeasured,
+            "latency_budget_ms": job.objective.latency_budget_ms, "objective": job.objective.objective,
+            "device_name": device_name(job.latency.device), "eval_set": job.eval_set,
+            "versions": software_versions(), "created": time.time(),
+        }
+        if job.reference:
+            values.update(_measure_reference(job, evaluator, measurer, parent_spec))
+        for key, value in values.items():
+            study.set_user_attr(key, value)
+        if job.enqueue_parent:
+            params = job.space.params_for(parent_spec, parent_spec)
+            if params is not None:  # the parent's own widths, fine-tuned like every candidate
+                study.enqueue_trial(params, user_attrs={"baseline": "parent widths"})
+        return values
+
+
+def _measure_reference(job: SearchJob, evaluator: Any, measurer: LatencyMeasurer, parent_spec: Any) -> dict[str, Any]:
+    from workbench.artifacts import load_model
+
+    ref = load_model(job.reference)
+    if ref.spec.scale != parent_spec.scale:
+        log.warning("reference %s is x%d, the parent x%d: not shown", job.reference, ref.spec.scale,
+                    parent_spec.scale)
+        return {}
+    lat = measurer.latency(ref.spec)
+    with measurer.lock.shared():
+        psnr = evaluator.psnr(ref.model)
+    return {"reference": job.reference, "reference_spec_key": spec_key(ref.spec),
+            "reference_spec": ref.spec.to_dict(),
+            "reference_psnr_y": psnr, "reference_latency_ms": _value(measurer, lat)}
+
+
+def _value(measurer: Any, record: dict[str, Any]) -> float:
+    return float(measurer.value(record)) if hasattr(measurer, "value") else float(record["median_ms"])
+
+
+def premeasure_space(job: SearchJob, parent_spec: Any, measurer: Any, *, extra: list[Any] = ()) -> int:
+    """Measure every configuration of a small space up front (``job.premeasure`` = the most
+    configurations to measure; 0 = off), interleaved (see ``LatencyMeasurer.measure_many``): one
+    block of measurements before any training, in which a slow spell of a shared machine hits
+    every configuration alike, instead of measurements that wait for the workers' fine-tunes.
+    Returns how many were new."""
+    if not job.premeasure or job.space.size(parent_spec) > job.premeasure:
+        return 0
+    from tqdm import tqdm
+
+    specs = job.space.all_specs(parent_spec) + [parent_spec] + list(extra)
+    if hasattr(measurer, "measure_many"):
+        log.info("timing %d configurations, interleaved", len(specs))
+        return int(measurer.measure_many(specs))
+    for spec in tqdm(specs, desc="latency of the space", unit="config", disable=not job.progress, leave=False):
+        measurer.latency(spec)
+    return len(specs)
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+# -- one trial ---------------------------------------------------------------------------------
+
+def _find_duplicate(study: "optuna.Study", key: str, number: int) -> Any:
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and t.user_attrs.get("spec_key") == key and "psnr_y" in t.user_attrs:
+            return t
+    return None
+
+
+def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob, *, parent_spec: Any,
+              attrs: dict[str, Any], evaluator: "CandidateEvaluator",
+              measurer: LatencyMeasurer) -> dict[str, Any]:
+    """Sample, measure, build, fine-tune, score and report one trial; returns its summary."""
+    from optuna.trial import TrialState
+
+    t0 = time.perf_counter()
+    spec = job.space.sample(trial, parent_spec)
+    key = spec_key(spec)
+    params = sum(p for p in _param_count(spec))
+    trial.set_user_attr("spec_key", key)
+    trial.set_user_attr("spec", spec.to_dict())
+    trial.set_user_attr("summary", spec_summary(spec))
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("versions", software_versions())
+
+    lat = measurer.latency(spec)
+    latency_ms = _value(measurer, lat)
+    trial.set_user_attr("latency_ms", latency_ms)
+    trial.set_user_attr("latency", {k: lat.get(k) for k in ("median_ms", "p90_ms", "min_ms", "device", "dtype",
+                                                           "threads", "input_shape", "torch",
+                                                           "protocol", "cached")})
+    trial.set_user_attr("device", lat.get("device"))
+
+    floor = attrs.get("psnr_floor")
+    duplicate = _find_duplicate(study, key, trial.number)
+    info: dict[str, Any] = {"number": trial.number, "summary": spec_summary(spec), "latency_ms": latency_ms,
+                            "cached": bool(lat.get("cached"))}
+    if duplicate is not None:
+        # Same widths, same seed, same fine-tune: the result would be the same; reuse it.
+        psnr = float(duplicate.user_attrs["psnr_y"])
+        trial.set_user_attr("duplicate_of", duplicate.number)
+        for k in ("psnr_pruned", "finetuned", "candidate"):
+            if k in duplicate.user_attrs:
+                trial.set_user_attr(k, duplicate.user_attrs[k])
+    else:
+        skip = job.objective.skip_infeasible and job.objective.over_budget(latency_ms)
+        with measurer.lock.shared():
+            model = evaluator.build(spec)
+            psnr_pruned = float(evaluator.psnr(model))
+            finetuned = job.finetune.iterations > 0 and not skip
+            ft: dict[str, Any] = {}
+            if finetuned:
+                ft = evaluator.finetune(model, seed=job.seed)
+                psnr = float(evaluator.psnr(model))
+            else:
+                psnr = psnr_pruned
+        trial.set_user_attr("psnr_pruned", psnr_pruned)
+        trial.set_user_attr("finetuned", finetuned)
+        if ft:
+            trial.set_user_attr("finetune", ft)
+        if skip:
+            trial.set_user_attr("skipped_finetune", "over the latency budget")
+        if job.keep_candidates:
+            path = _save_candidate(model, job, trial.number, spec, psnr=psnr, latency_ms=latency_ms)
+            trial.set_user_attr("candidate", str(path))
+    if not math.isfinite(psnr):
+        raise WorkbenchError(f"trial {trial.number}: PSNR is {psnr}")
+    trial.set_user_attr("psnr_y", psnr)
+    constraints = job.objective.constraints(psnr=psnr, latency_ms=latency_ms, psnr_floor=floor)
+    for name, value in constraints.items():
+        trial.set_constraint(name, value)
+    feasible = all(v <= 0 for v in constraints.values())
+    trial.set_user_attr("feasible", feasible)
+    trial.set_user_attr("seconds", time.perf_counter() - t0)
+    study.tell(trial, job.objective.values(psnr=psnr, latency_ms=latency_ms), state=TrialState.COMPLETE)
+    info.update(psnr_y=psnr, feasible=feasible, duplicate=duplicate is not None,
+                seconds=time.perf_counter() - t0)
+    return info
+
+
+def _param_count(spec: Any) -> list[int]:
+    from workbench.models import build_model
+
+    return [p.numel() for p in build_model(spec).parameters()]
+
+
+def _save_candidate(model: Any, job: SearchJob, number: int, spec: Any, *, psnr: float,
+                    latency_ms: float) -> Path:
+    from workbench.artifacts import make_lineage, save_artifact
+
+    path = Path(job.out_dir) / "candidates" / f"trial_{number:05d}"
+    save_artifact(path, model, metrics={"psnr_y": psnr, "latency_ms": latency_ms,
+                                        "eval_set": job.eval_set},
+                  lineage=make_lineage(parent=job.parent, seed=job.seed, stage="search",
+                                       device=job.device, trial=number, study=job.study_name,
+                                       storage=storage_url(job)),
+                  config={"spec_key": spec_key(spec), "finetune": asdict(job.finetune)})
+    return path
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+def run_worker(job: SearchJob, *, worker_index: int = 0, workers: int = 1,
+               evaluator: "CandidateEvaluator | None" = None,
+               measurer: LatencyMeasurer | None = None) -> list[dict[str, Any]]:
+    """Claim and run trials of the study until it has ``n_trials``; returns this worker's trials.
+
+    ``evaluator`` defaults to :class:`~workbench.search.objective.DefaultEvaluator` on the parent.
+    """
+    import torch
+    from optuna.trial import TrialState
+
+    from workbench.artifacts import load_model
+
+    threads = job.train_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(threads)
+    parent = load_model(job.parent)
+    job.space.validate(parent.spec)
+    if evaluator is None:
+        from workbench.search.objective import DefaultEvaluator
+
+        evaluator = DefaultEvaluator(parent.model, scale=parent.spec.scale, eval_set=job.eval_set,
+                                     data_root=job.data_root, train_data=job.train_data,
+                                     train_files=job.train_files, train_lr_files=job.train_lr_files,
+                                     finetune=job.finetune, criterion=job.criterion, device=job.device,
+                                     importance_cache=str(Path(job.out_dir) / f"importance-{job.criterion}.json"))
+    own_measurer = measurer is None
+    measurer = measurer or LatencyMeasurer(job.latency)
+    study = open_study(job, worker_index=worker_index)
+    done: list[dict[str, Any]] = []
+    bar = None
+    try:
+        attrs = ensure_prepared(study, job, parent_spec=parent.spec, parent_model=parent.model,
+                                evaluator=evaluator, measurer=measurer)
+        if job.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=job.n_trials, initial=_trial_counts(study)[0], unit="trial",
+                       desc=f"search[{worker_index}]" if workers > 1 else "search",
+                       position=worker_index if workers > 1 else None, dynamic_ncols=True)
+        while True:
+            trial = claim_trial(study, job, worker_index)
+            if trial is None:
+                break
+            try:
+                info = run_trial(study, trial, job, parent_spec=parent.spec, attrs=attrs,
+                                 evaluator=evaluator, measurer=measurer)
+            except KeyboardInterrupt:
+                trial.set_user_attr("abandoned", True)
+                trial.set_user_attr("error", "interrupted")
+                frozen = study.tell(trial, state=TrialState.FAIL)
+                retry_later(study, frozen)
+                raise
+            except Exception as exc:  # one bad candidate must not end the study
+                message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                trial.set_user_attr("error", message)
+                study.tell(trial, state=TrialState.FAIL)
+                info = {"number": trial.number, "error": message}
+                log.warning("trial %d failed: %s", trial.number, message)
+            done.append(info)
+            if bar is not None:
+                bar.n = min(job.n_trials, _trial_counts(study)[0])
+                bar.set_postfix_str(_describe(info), refresh=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_measurer:
+            measurer.close()
+    return done
+
+
+def _describe(info: dict[str, Any]) -> str:
+    if "error" in info:
+        return f"#{info['number']} failed"
+    mark = "" if info.get("feasible", True) else " infeasible"
+    return (f"#{info['number']} {info['summary']} {info['latency_ms']:.1f} ms "
+            f"{info['psnr_y']:.3f} dB{mark}")
+
+
+def _worker_entry(job: SearchJob, index: int, workers: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        run_worker(job, worker_index=index, workers=workers)
+    except WorkbenchError as exc:
+        print(f"workbench search (worker {index}): error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(job: SearchJob, *, workers: int = 1) -> None:
+    """Run ``workers`` processes on the study (in this process when 1); wait for all."""
+    if workers < 1:
+        raise WorkbenchError(f"--workers must be >= 1, got {workers}")
+    if workers == 1:
+        run_worker(job)
+        return
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker_entry, args=(job, i, workers), name=f"search-worker-{i}")
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+        raise
+    failed = [i for i, p in enumerate(procs) if p.exitcode not in (0,)]
+    if failed:
+        raise WorkbenchError(f"search worker(s) {failed} exited with status "
+                             f"{[procs[i].exitcode for i in failed]}; the study is kept, rerun to resume")
+
+
+def run_search(job: SearchJob, *, workers: int = 1, compare_rounds: int = 5) -> dict[str, Any]:
+    """Run (or resume) the study with ``workers`` processes, then write the results.
+
+    Returns the summary (see :func:`workbench.search.results.write_results`).
+    """
+    import warnings
+
+    import optuna
+
+    from workbench.search.results import write_results
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    run_workers(job, workers=workers)
+    study = open_study(job)
+    with LatencyMeasurer(job.latency) as measurer:
+        return write_results(study, job, measurer=measurer if compare_rounds > 0 else None,
+                             compare_rounds=compare_rounds)

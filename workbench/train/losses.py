@@ -1,0 +1,209 @@
+"""Training losses, registered by name, combined by weight.
+
+API (stable; other stages call it)::
+
+    register_loss(name)                      # decorator on a factory(**kwargs) -> nn.Module
+    LOSSES: dict[str, factory]
+    build_loss(specs) -> CombinedLoss        # specs: [{"type": "l1", "weight": 1.0}, ...] or one dict
+    CombinedLoss.forward(sr, hr, lr) -> scalar tensor
+    CombinedLoss.last_terms                  # {"l1": float, "contrastive": float} of the last call
+
+Every loss module takes ``forward(sr, hr, lr)``: ``sr`` and ``hr`` are N x 3 x sH x sW and ``lr``
+is N x 3 x H x W, all on the models' 0..255 scale. Pixel losses ignore ``lr``.
+
+Scale conventions (documented because they change what a weight means):
+
+- ``l1`` / ``l2`` are computed on the 0..255 scale the models work in. Adam is invariant to a
+  constant factor on the loss, so this matches training on 0..1 images apart from Adam's eps.
+- ``contrastive`` (RLFN paper, sec. 3.3): ``CL = sum_j L1(phi_j(SR), phi_j(HR)) /
+  L1(phi_j(SR), phi_j(up(LR)))`` where ``phi`` is a frozen, randomly initialised
+  Conv3x3 -> Tanh -> Conv3x3 and ``j`` runs over its layers (the Tanh output and the second conv's
+  output). ``up`` is bicubic upsampling of LR by ``torch.nn.functional.interpolate(mode="bicubic",
+  align_corners=False)`` clamped to 0..255 -- not MATLAB's imresize, which only matters for the
+  negative sample's exact values. Images are divided by 255 before ``phi`` so that Tanh works in
+  its linear range instead of saturating. ``phi`` is initialised from its own seeded generator, so
+  the loss is identical in every run and process and does not touch the global RNG.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.errors import WorkbenchError
+
+LossFactory = Callable[..., nn.Module]
+LOSSES: dict[str, LossFactory] = {}
+
+
+def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
+    """Register ``factory(**kwargs) -> nn.Module`` under ``name`` (the ``type`` in a loss spec)."""
+
+    def decorate(factory: LossFactory) -> LossFactory:
+        if name in LOSSES and LOSSES[name] is not factory:
+            raise ValueError(f"loss {name!r} is registered twice")
+        LOSSES[name] = factory
+        return factory
+
+    return decorate
+
+
+class L1Loss(nn.Module):
+    """Mean absolute error between SR and HR (0..255 scale)."""
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        return F.l1_loss(sr, hr)
+
+
+class L2Loss(nn.Module):
+    """Mean squared error between SR and HR (0..255 scale)."""
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        return F.mse_loss(sr, hr)
+
+
+@register_loss("l1")
+def _l1() -> nn.Module:
+    return L1Loss()
+
+
+@register_loss("l2")
+def _l2() -> nn.Module:
+    return L2Loss()
+
+
+@register_loss("mse")
+def _mse() -> nn.Module:
+    return L2Loss()
+
+
+class ContrastiveLoss(nn.Module):
+    """RLFN's contrastive loss with a frozen random feature extractor (see the module docstring).
+
+    ``channels`` is the width of both convolutions of ``phi``; ``extractor_seed`` fixes its
+    weights; ``eps`` keeps the ratio finite when SR equals the upsampled LR.
+    """
+
+    def __init__(self, *, channels: int = 64, extractor_seed: int = 0, eps: float = 1e-6) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # the default init below must not consume global RNG
+            self.conv1 = nn.Conv2d(3, channels, 3, padding=1)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        generator = torch.Generator().manual_seed(int(extractor_seed))
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                # Same distribution as PyTorch's default Conv2d init (kaiming-uniform, a=sqrt(5)),
+                # drawn from our own generator so the extractor is reproducible.
+                fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+                bound = 1.0 / fan_in ** 0.5
+                conv.weight.copy_(torch.empty_like(conv.weight).uniform_(-bound, bound, generator=generator))
+                conv.bias.copy_(torch.empty_like(conv.bias).uniform_(-bound, bound, generator=generator))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eps = float(eps)
+
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x = image / 255.0
+        first = torch.tanh(self.conv1(x))
+        return [first, self.conv2(first)]
+
+    def train(self, mode: bool = True) -> "ContrastiveLoss":
+        return super().train(False)  # phi is frozen: no mode-dependent behaviour, but stay in eval
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        if lr is None:
+            raise ValueError("the contrastive loss needs the LR batch (negative sample)")
+        factor = sr.shape[-1] // lr.shape[-1]
+        up = F.interpolate(lr.float(), scale_factor=factor, mode="bicubic", align_corners=False)
+        up = up.clamp(0.0, 255.0)
+        with torch.no_grad():
+            pos = self.features(hr.float())
+            neg = self.features(up)
+        total = sr.new_zeros((), dtype=torch.float32)
+        for f_sr, f_pos, f_neg in zip(self.features(sr.float()), pos, neg):
+            total = total + F.l1_loss(f_sr, f_pos) / (F.l1_loss(f_sr, f_neg) + self.eps)
+        return total
+
+
+@register_loss("contrastive")
+def _contrastive(*, channels: int = 64, extractor_seed: int = 0, eps: float = 1e-6) -> nn.Module:
+    return ContrastiveLoss(channels=channels, extractor_seed=extractor_seed, eps=eps)
+
+
+class CombinedLoss(nn.Module):
+    """Weighted sum of registered losses; ``forward(sr, hr, lr)`` returns one scalar.
+
+    ``last_terms`` holds each term's unweighted value from the last call (for logs/TensorBoard).
+    """
+
+    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]]) -> None:
+        super().__init__()
+        if not terms:
+            raise WorkbenchError("a loss needs at least one term, e.g. [{type: l1, weight: 1.0}]")
+        self.names = [name for name, _, _ in terms]
+        self.weights = [float(weight) for _, weight, _ in terms]
+        self.terms = nn.ModuleList([module for _, _, module in terms])
+        self.last_terms: dict[str, float] = {}
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        total = None
+        values: dict[str, torch.Tensor] = {}
+        for name, weight, module in zip(self.names, self.weights, self.terms):
+            value = module(sr, hr, lr)
+            key = name if name not in values else f"{name}_{len(values)}"
+            values[key] = value.detach()
+            total = weight * value if total is None else total + weight * value
+        self.last_terms = {k: float(v) for k, v in values.items()}
+        return total
+
+    def describe(self) -> str:
+        return " + ".join(f"{w:g} x {n}" for n, w in zip(self.names, self.weights))
+
+
+LOSS_SPEC_KEYS = ("type", "weight")
+
+
+def check_loss_specs(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[str]:
+    """Problems with loss specs, as messages relative to the list (``[1].type: ...``); [] if fine."""
+    import difflib
+
+    if isinstance(specs, Mapping):
+        specs = [specs]
+    problems = []
+    if not isinstance(specs, (list, tuple)) or not specs:
+        return ["must be a non-empty list of {type: NAME, weight: W} mappings"]
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            problems.append(f"[{i}]: must be a mapping like {{type: l1, weight: 1.0}}, got {spec!r}")
+            continue
+        kind = spec.get("type")
+        if kind not in LOSSES:
+            close = difflib.get_close_matches(str(kind), list(LOSSES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"[{i}].type: unknown loss {kind!r}{hint}; known: {', '.join(sorted(LOSSES))}")
+            continue
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            problems.append(f"[{i}].weight: must be a number >= 0, got {weight!r}")
+        kwargs = {k: v for k, v in spec.items() if k not in LOSS_SPEC_KEYS}
+        try:
+            LOSSES[kind](**kwargs)
+        except TypeError as exc:
+            problems.append(f"[{i}] ({kind}): {exc}")
+    return problems
+
+
+def build_loss(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> CombinedLoss:
+    """Build the weighted sum of the losses in ``specs`` (``type``, ``weight`` and loss kwargs)."""
+    problems = check_loss_specs(specs)
+    if problems:
+        raise WorkbenchError("losses" + problems[0])
+    if isinstance(specs, Mapping):
+        specs = [specs]
+    terms = []
+    for spec in specs:
+        kwargs = {k: v for k, v in spec.items() if k not in LOSS_SPEC_KEYS}
+        terms.append((spec["type"], float(spec.get("weight", 1.0)), LOSSES[spec["type"]](**kwargs)))
+    return CombinedLoss(terms)
