@@ -35,3 +35,14 @@ def tiny_spec() -> RLFNSpec:
 def tiny_model(tiny_spec: RLFNSpec) -> RLFN:
     torch.manual_seed(0)
     return RLFN(tiny_spec).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny models: two spinning OpenMP threads on a shared
+    2-core machine are many times slower than one. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from workbench.artifacts import save_artifact
 from workbench.cli import main
@@ -13,14 +12,7 @@ from workbench.prune.export import check_onnx, export_onnx
 from workbench.prune.surgery import prune_to_widths
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny, and two spinning OpenMP threads on a shared
-    2-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -17,12 +16,7 @@ from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import RecipeError, load_recipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_images(folder: Path, *, n: int = 3, size: int = 48) -> Path:

@@ -12,14 +12,7 @@ from workbench.prune.surgery import (channel_groups, drop_blocks, group_importan
                                      prune_to_widths)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny, and two spinning OpenMP threads on a shared
-    2-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: torch.nn.Module) -> int:

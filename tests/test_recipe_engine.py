@@ -16,14 +16,7 @@ from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and two spinning OpenMP threads on a shared
-    2-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_images(folder: Path, *, n: int = 4, size: int = 48) -> Path:

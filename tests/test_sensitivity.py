@@ -16,14 +16,7 @@ from workbench.prune.sensitivity import (ActivationCache, analyze, channels_to_r
                                          forward_from, start_point, write_outputs)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny, and two spinning OpenMP threads on a shared
-    2-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

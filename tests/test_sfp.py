@@ -11,14 +11,7 @@ from workbench.prune.sfp import SoftFilterPruning, zero_channels
 from workbench.train.loop import TrainSettings, fit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny, and two spinning OpenMP threads on a shared
-    2-core machine are many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RandomPairs:
