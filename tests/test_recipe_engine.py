@@ -143,3 +143,19 @@ def test_model_given_as_widths_and_failure_keeps_done_stages(tmp_path: Path) -> 
     art = load_artifact(run / "00-a" / "artifact")
     assert art.spec.trunk == 6 and art.spec.num_blocks == 1
     assert (run / "model-init" / "artifact.json").is_file()
+
+
+def test_stages_removed_from_the_recipe_are_set_aside(tmp_path: Path) -> None:
+    recipe_path = tiny_recipe(tmp_path)
+    run = tmp_path / "run"
+    run_recipe(load_recipe(recipe_path), run_dir=run, progress=False)
+    data = yaml.safe_load(recipe_path.read_text())
+    data["stages"] = [s for s in data["stages"] if s["id"] != "cl"]   # ft and eval move to 02, 03
+    recipe_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    records = run_recipe(load_recipe(recipe_path), run_dir=run, progress=False)
+    assert [r.get("skipped", False) for r in records] == [True, True, False, False]
+    stage_folders = sorted(p.name for p in run.iterdir() if (p / "stage.json").is_file())
+    assert stage_folders == ["00-train", "01-warm", "02-ft", "03-eval"]
+    # nothing the earlier run produced is deleted: the old folders are kept under stale/
+    assert sorted(p.name for p in (run / "stale").iterdir()) == ["02-cl", "03-ft", "04-eval"]
+    assert (run / "stale" / "02-cl" / "artifact" / "artifact.json").is_file()

@@ -142,6 +142,24 @@ def _fmt_metric(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _set_aside_stale_stages(recipe: Recipe, run_dir: Path) -> None:
+    """Move stage folders that the recipe no longer has (a stage removed or renamed since the
+    last run in this folder) into ``stale/``, so the run folder shows only this recipe's stages.
+    Nothing is deleted: a user may still want what such a stage produced."""
+    current = {plan.folder_name for plan in recipe.stages}
+    for child in sorted(run_dir.iterdir()):
+        if child.is_dir() and child.name not in current and (child / "stage.json").is_file():
+            stale = run_dir / "stale"
+            stale.mkdir(exist_ok=True)
+            target = stale / child.name
+            suffix = 1
+            while target.exists():
+                suffix += 1
+                target = stale / f"{child.name}.{suffix}"
+            log.info("%s is not a stage of this recipe any more: moved to %s", child.name, target)
+            os.replace(child, target)
+
+
 def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = None,
                device: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) every stage of ``recipe`` in ``run_dir``; returns one record per stage."""
@@ -161,6 +179,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "recipe.yaml", recipe.text.encode())
         atomic_write_bytes(run_dir / "recipe.sha256", (recipe.sha256 + "\n").encode())
+        _set_aside_stale_stages(recipe, run_dir)
         if from_id is not None:
             for plan in recipe.stages[start_plan.index:]:
                 stage_dir = run_dir / plan.folder_name
