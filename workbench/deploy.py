@@ -61,6 +61,14 @@ def available_modes(device: str | torch.device = "cpu") -> tuple[str, ...]:
     return GPU_MODES if torch.device(device).type == "cuda" else CPU_MODES
 
 
+def check_mode(mode: str, device: str | torch.device) -> None:
+    """Raise WorkbenchError (for a ``--deploy`` flag) unless ``mode`` can run on ``device``."""
+    if mode not in available_modes(device):
+        where = "needs a CUDA GPU" if mode in MODES else "is unknown"
+        raise WorkbenchError(f"--deploy {mode}: mode {where}; modes on {device}: "
+                             f"{', '.join(available_modes(device))}")
+
+
 class Deployed(nn.Module):
     """A model prepared for inference: float32 0..255 NCHW in, float32 0..255 NCHW out.
 

@@ -281,23 +281,15 @@ def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256
 def _lr_images(source: Any) -> list[tuple[str, np.ndarray]]:
     """(name, uint8 HWC) for a folder of images, a PairedSet, or a list of arrays/pairs."""
     if isinstance(source, (str, os.PathLike)):
+        from workbench.data.images import list_images, read_image
+
         folder = Path(source)
         if not folder.is_dir():
             raise WorkbenchError(f"{folder}: no such folder of LR images")
-        exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in exts)
+        files = list_images(folder)
         if not files:
-            raise WorkbenchError(f"{folder}: holds no images ({', '.join(sorted(exts))})")
-        from PIL import Image, UnidentifiedImageError
-
-        out = []
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    out.append((f.stem, np.asarray(im.convert("RGB"))))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise WorkbenchError(f"{f}: cannot read image ({exc})") from None
-        return out
+            raise WorkbenchError(f"{folder}: holds no images")
+        return [(f.stem, read_image(f)) for f in files]
     pairs = getattr(source, "pairs", source)
     out = []
     for i, item in enumerate(pairs):

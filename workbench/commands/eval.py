@@ -60,17 +60,13 @@ def _labels(refs: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from workbench.artifacts import atomic_write_json, environment, load_model
-    from workbench.errors import WorkbenchError
     from workbench.evaluate import evaluate, format_table, resolve_device, results_to_json
 
     device = resolve_device(args.device)
     if args.deploy is not None:
-        from workbench.deploy import MODES, available_modes, prepare
+        from workbench.deploy import check_mode, prepare
 
-        if args.deploy not in available_modes(device):
-            where = "needs a CUDA GPU" if args.deploy in MODES else "is unknown"
-            raise WorkbenchError(f"--deploy {args.deploy}: mode {where}; modes on {device}: "
-                                 f"{', '.join(available_modes(device))}")
+        check_mode(args.deploy, device)
     sets = args.sets or ["Set5"]
     # Load every model first so that a bad file fails before any evaluation work.
     arts = [load_model(ref) for ref in args.model]

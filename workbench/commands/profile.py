@@ -87,12 +87,9 @@ def run(args: argparse.Namespace) -> int:
     widths = parse_range(args.sweep) if args.sweep else None
     device = resolve_device(args.device)
     if args.deploy is not None:
-        from workbench.deploy import MODES, available_modes
+        from workbench.deploy import check_mode
 
-        if args.deploy not in available_modes(device):
-            where = "needs a CUDA GPU" if args.deploy in MODES else "is unknown"
-            raise WorkbenchError(f"--deploy {args.deploy}: mode {where}; modes on {device}: "
-                                 f"{', '.join(available_modes(device))}")
+        check_mode(args.deploy, device)
         if args.dtype != "fp32" or args.channels_last:
             raise WorkbenchError("--deploy sets dtype and memory format itself; drop --dtype and "
                                  "--channels-last")

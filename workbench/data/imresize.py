@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 KERNEL_WIDTH = 4.0
 

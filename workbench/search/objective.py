@@ -126,11 +126,13 @@ class CandidateEvaluator(Protocol):
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
+    """The training images in ``folder``; a missing or empty folder is a WorkbenchError."""
+    from workbench.data.images import list_images
+
     folder = Path(folder)
     if not folder.is_dir():
         raise WorkbenchError(f"{folder}: training image folder does not exist")
-    suffixes = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+    files = list_images(folder)
     if not files:
         raise WorkbenchError(f"{folder}: no training images (.png, .bmp, .jpg ...)")
     return files
