@@ -98,16 +98,9 @@ class SearchStageConfig:
         return problems
 
     def validate_in(self, recipe: Any) -> list[str]:
-        problems = []
-        scale = recipe.scale
-        if scale and self.patch_size % scale:
-            problems.append(f"patch_size: must be a multiple of the scale {scale}, got {self.patch_size}")
-        elif scale:
-            from workbench.models import MIN_LR_SIZE
+        from workbench.recipes.stage_utils import patch_size_problems
 
-            if self.patch_size // scale < MIN_LR_SIZE:
-                problems.append(f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (ESA needs "
-                                f"LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE}), got {self.patch_size}")
+        problems = patch_size_problems(self.patch_size, recipe.scale)
         if self.finetune_iters > 0 and not recipe.data.train:
             problems.append("finetune_iters: fine-tuning candidates needs training images: set data.train")
         return problems

@@ -82,16 +82,9 @@ class TrainingConfig:
         if not self.data and not recipe.data.train:
             problems.append("data: this training stage needs training images: set data.train in the "
                             "recipe or data in the stage")
-        scale = recipe.scale
-        if scale and self.patch_size % scale:
-            problems.append(f"patch_size: must be a multiple of the scale {scale}, got {self.patch_size}")
-        elif scale:
-            from workbench.models import MIN_LR_SIZE
+        from workbench.recipes.stage_utils import patch_size_problems
 
-            if self.patch_size // scale < MIN_LR_SIZE:
-                problems.append(f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (RLFN's ESA "
-                                f"needs LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE} or more), got {self.patch_size}")
-        return problems
+        return problems + patch_size_problems(self.patch_size, recipe.scale)
 
 
 @dataclass(frozen=True)
