@@ -233,3 +233,12 @@ def test_run_refuses_a_missing_gpu_or_stage(tmp_path: Path, capsys) -> None:
     assert main(["run", str(path), "--from", "fine", "--run-dir", str(tmp_path / "r2")]) == 2
     assert "no stage with id 'fine'" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+def test_exponent_floats_without_a_dot_are_numbers() -> None:
+    """PyYAML (YAML 1.1) reads 1e-5 as a string; a float field accepts it, other strings not."""
+    recipe = parse_recipe(_base(), overrides=["stages.train.lr=1e-5", "stages.ft.lr=2.5E-6"])
+    assert recipe.stages[0].config.lr == 1e-5 and recipe.stages[1].config.lr == 2.5e-6
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(_base(), overrides=["stages.train.lr=1e-5x"])
+    assert info.value.problems == ["stages[0] (train).lr: must be a number, got '1e-5x'"]

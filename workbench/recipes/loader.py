@@ -41,6 +41,8 @@ import yaml
 from workbench.errors import WorkbenchError
 from workbench.recipes.schema import RecipeConfig
 
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
 STAGE_KEYS = ("id", "stage", "smoke")
 TOP_KEYS_EXTRA = ("stages", "smoke")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -212,6 +214,9 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 (PyYAML) reads 1e-5 without a dot in the mantissa as a string; accept it.
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             return float(value)
     elif hint is str:
         if isinstance(value, str):
