@@ -315,7 +315,9 @@ def test_killed_worker_trial_is_abandoned_and_study_resumes(tmp_path):
     while time.time() < deadline:
         with contextlib.suppress(Exception):
             study = open_study(job)
-            if study.get_trials():
+            trials = study.get_trials()
+            # wait until the worker has recorded itself and sampled: it then sits in build()
+            if trials and trials[0].user_attrs.get("worker") and trials[0].params:
                 break
         time.sleep(0.3)
     assert study is not None and study.get_trials()[0].state.name == "RUNNING"
@@ -464,3 +466,16 @@ def test_ntire_protocol_latency_is_cached_under_its_own_key(tmp_path, tiny_spec)
     plain = LatencyMeasurer(base)
     assert plain.latency(tiny_spec)["cached"] is False  # another protocol, another cache entry
     assert ntire.latency(tiny_spec)["cached"] is True
+
+
+def test_trial_orphaned_between_ask_and_claim_is_recovered(tmp_path):
+    """A worker killed after study.ask() but before recording itself leaves a RUNNING trial with
+    no owner; the next claim (under the same lock) marks it abandoned instead of leaving it."""
+    from workbench.search.study import recover_stale_trials
+
+    job = tiny_job(tmp_path, n_trials=2, keep_candidates=False)
+    study = open_study(job)
+    orphan = study.ask()
+    assert recover_stale_trials(study) == [orphan.number]
+    trial = open_study(job).get_trials()[0]
+    assert trial.state.name == "FAIL" and trial.user_attrs["abandoned"] is True

@@ -200,15 +200,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def recover_stale_trials(study: "optuna.Study") -> list[int]:
-    """Mark trials left RUNNING by a dead worker on this host as FAIL (abandoned); their numbers."""
+    """Mark trials left RUNNING by a dead worker on this host as FAIL (abandoned); their numbers.
+
+    Call it holding the claim lock: :func:`claim_trial` asks for a trial and records its worker
+    under that lock, so a RUNNING trial with no worker recorded was left by a worker that died
+    between the two, and is abandoned too.
+    """
     from optuna.trial import TrialState
 
     host = socket.gethostname()
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker") or {}
-        if worker.get("host") != host or _pid_alive(int(worker.get("pid", -1))):
+        worker = t.user_attrs.get("worker")
+        if worker is not None and (worker.get("host") != host or _pid_alive(int(worker.get("pid", -1)))):
             continue
+        worker = worker or {}
         study._storage.set_trial_user_attr(t._trial_id, "abandoned", True)
         study._storage.set_trial_user_attr(t._trial_id, "error", f"worker pid {worker.get('pid')} died")
         try:
