@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from workbench.models import RLFN, RLFNSpec
 
@@ -46,3 +48,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def make_smooth_images(folder: Path, *, n: int, size: int, small: int, seed: int,
+                       prefix: str = "im") -> Path:
+    """``n`` smooth random RGB PNGs of ``size`` px (bicubic blow-ups of ``small`` px noise, so
+    that bicubic LR of them is meaningful); the same seed always gives the same images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        noise = rng.integers(0, 256, (small, small, 3), dtype=np.uint8)
+        Image.fromarray(noise).resize((size, size), Image.BICUBIC).save(folder / f"{prefix}{i}.png")
+    return folder

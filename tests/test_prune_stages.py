@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
+from conftest import make_smooth_images
 from workbench.artifacts import load_artifact
 from workbench.cli import main
 from workbench.models import group_widths
@@ -20,12 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_images(folder: Path, *, n: int = 3, size: int = 48) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"im{i}.png")
-    return folder
+    return make_smooth_images(folder, n=n, size=size, small=size // 8, seed=1, prefix="im")
 
 
 def write_recipe(tmp_path: Path, stages: list[dict]) -> Path:

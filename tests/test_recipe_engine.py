@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
+from conftest import make_smooth_images
 from workbench.artifacts import load_artifact
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
@@ -21,13 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make_images(folder: Path, *, n: int = 4, size: int = 48) -> Path:
     """Smooth random RGB images (so bicubic LR is meaningful)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
-        img.save(folder / f"img{i}.png")
-    return folder
+    return make_smooth_images(folder, n=n, size=size, small=size // 8, seed=0, prefix="img")
 
 
 def tiny_recipe(tmp_path: Path) -> Path:

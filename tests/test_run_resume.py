@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
-from PIL import Image
 
+from conftest import make_smooth_images
 from workbench.artifacts import load_artifact
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
@@ -23,12 +22,7 @@ ITERATIONS = 160
 
 
 def _images(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for i in range(5):
-        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((40, 40), Image.BICUBIC).save(folder / f"im{i}.png")
-    return folder
+    return make_smooth_images(folder, n=5, size=40, small=8, seed=1, prefix="im")
 
 
 def _recipe(tmp_path: Path) -> Path:
