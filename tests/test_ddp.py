@@ -30,7 +30,9 @@ def _recipe(tmp_path: Path) -> Path:
         "data": {"train": [{"root": str(images), "layout": "folder", "limit": 4}]},
         "stages": [
             {"id": "train", "stage": "train", "iterations": 6, "samples_per_epoch": 8, **settings},
-            {"id": "more", "stage": "warm_start", "iterations": 3, "lr": 1e-4, **settings},
+            # distillation from the parent under DDP: every rank runs the teacher on its share
+            {"id": "more", "stage": "warm_start", "iterations": 3, "lr": 1e-4, **settings,
+             "losses": [{"type": "l1", "weight": 1.0}, {"type": "distill", "weight": 0.5}]},
         ],
     }
     path = tmp_path / "ddp.yaml"

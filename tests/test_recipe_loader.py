@@ -91,7 +91,7 @@ def test_loss_problems_are_checked_in_validate() -> None:
         parse_recipe(recipe)
     assert info.value.problems == [
         "stages[0] (train).losses[1].type: unknown loss 'contrastiv' (did you mean 'contrastive'?); "
-        "known: contrastive, l1, l2, mse"]
+        "known: contrastive, distill, l1, l2, mse"]
 
 
 def test_model_scale_and_patch_checks() -> None:

@@ -119,6 +119,17 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # -- lineage --------------------------------------------------------------------------------
 
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes and values in key order): an identity for
+    models that have no file, e.g. a teacher taken from a stage's parent in memory."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def environment() -> dict[str, Any]:
     """Versions and device facts recorded with every artifact and measurement."""
     info: dict[str, Any] = {

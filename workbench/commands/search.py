@@ -66,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=96,
                         help="fine-tune HR patch side in pixels (default 96; multiple of the scale)")
     parser.add_argument("--lr", type=float, default=1e-4, help="fine-tune learning rate (default 1e-4)")
+    parser.add_argument("--finetune-loss", choices=("l1", "l2", "distill"), default="l1",
+                        help="fine-tune loss: l1/l2 against HR, or distill: L1 to the teacher's SR "
+                             "(default l1)")
+    parser.add_argument("--teacher", default="parent", metavar="REF",
+                        help="teacher of --finetune-loss distill: parent (the --model) or a model REF")
     parser.add_argument("--train-data", metavar="DIR",
                         help="HR images for the fine-tunes (default: the sample images shipped with "
                              "workbench)")
@@ -133,7 +138,8 @@ def job_from_args(args: argparse.Namespace) -> "object":
         objective=ObjectiveConfig(objective=args.objective, latency_budget_ms=args.latency_budget,
                                   psnr_min=args.psnr_min, psnr_drop=args.psnr_drop),
         finetune=FinetuneSettings(iterations=args.finetune_iters, batch_size=args.batch_size,
-                                  patch_size=args.patch_size, lr=args.lr),
+                                  patch_size=args.patch_size, lr=args.lr, loss=args.finetune_loss,
+                                  teacher=args.teacher),
         latency=LatencySettings(device=args.device, input_shape=shape, dtype=args.dtype,
                                 threads=args.threads, warmup=args.warmup, repeats=args.repeats,
                                 ntire_folder=args.ntire_folder, cache_path=args.latency_cache,

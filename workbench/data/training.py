@@ -132,8 +132,19 @@ class PatchDataset(Dataset):
 
     def __init__(self, hr_files: Sequence[Path], *, scale: int, patch_size: int,
                  lr_files: Sequence[Path] | None = None, augment: bool = True,
-                 length: int | None = None, seed: int = 0, cache: bool = True) -> None:
+                 length: int | None = None, seed: int = 0, cache: bool = True,
+                 lr_only: Sequence[bool] | None = None, targets: bool = True) -> None:
         self.hr_files = [Path(p) for p in hr_files]
+        # lr_only[k]: file k is itself an LR input (no HR exists); targets=False: serve no HR patch
+        # (an empty (3, 0, 0) tensor), for losses that take their target from a teacher
+        self.lr_only = [bool(f) for f in lr_only] if lr_only is not None else [False] * len(self.hr_files)
+        self.targets = bool(targets)
+        if len(self.lr_only) != len(self.hr_files):
+            raise WorkbenchError(f"PatchDataset: {len(self.hr_files)} images but {len(self.lr_only)} "
+                                 f"lr_only flags")
+        if self.targets and any(self.lr_only):
+            raise WorkbenchError("PatchDataset: LR-only images have no HR target; train them with "
+                                 "distill losses only")
         self.lr_files = [Path(p) for p in lr_files] if lr_files is not None else None
         if not self.hr_files:
             raise WorkbenchError("PatchDataset: no HR images given")
@@ -168,6 +179,11 @@ class PatchDataset(Dataset):
         s, p = self.scale, self.patch_size
         for k, hr_file in enumerate(self.hr_files):
             h, w = image_size(hr_file)
+            if self.lr_only[k]:
+                if h < p // s or w < p // s:
+                    raise WorkbenchError(f"{hr_file}: image is {h}x{w}, smaller than the {p // s}x{p // s} "
+                                         f"LR training patch (patch {p} at x{s})")
+                continue
             shape = (h - h % s, w - w % s)
             if shape[0] < p or shape[1] < p:
                 raise WorkbenchError(f"{hr_file}: image is {shape[0]}x{shape[1]} (mod-cropped to x{s}), "
@@ -180,6 +196,10 @@ class PatchDataset(Dataset):
         bar = tqdm(range(len(self.hr_files)), desc="load training images", unit="img", leave=False,
                    disable=len(self.hr_files) < 16 or None)
         for k in bar:
+            if self.lr_only[k]:
+                self._hr.append(None)  # type: ignore[union-attr,arg-type]
+                self._lr[k] = read_image(self.hr_files[k])
+                continue
             hr = mod_crop(read_image(self.hr_files[k]), s)
             self._hr.append(hr)  # type: ignore[union-attr]
             if self.lr_files is None:
@@ -205,7 +225,9 @@ class PatchDataset(Dataset):
         """
         return np.random.default_rng([self.seed, int(epoch), 2**31]).permutation(self.length)
 
-    def _hr_image(self, k: int) -> np.ndarray:
+    def _hr_image(self, k: int) -> np.ndarray | None:
+        if self.lr_only[k]:
+            return None
         if self._hr is not None:
             return self._hr[k]
         return mod_crop(read_image(self.hr_files[k]), self.scale)
@@ -214,6 +236,11 @@ class PatchDataset(Dataset):
         cached = self._lr.get(k)
         if cached is not None:
             return cached
+        if self.lr_only[k]:
+            lr = read_image(self.hr_files[k])
+            if self.cache:
+                self._lr[k] = lr
+            return lr
         if self.lr_files is not None:
             lr = read_image(self.lr_files[k])
             check_pair_sizes(hr.shape, lr.shape, self.scale, hr_file=self.hr_files[k],
@@ -242,7 +269,11 @@ class PatchDataset(Dataset):
         y = int(rng.integers(0, lr.shape[0] - lp + 1))
         x = int(rng.integers(0, lr.shape[1] - lp + 1))
         lr_patch = lr[y:y + lp, x:x + lp]
-        hr_patch = hr[y * s:(y + lp) * s, x * s:(x + lp) * s]
+        if hr is None or not self.targets:
+            hr = np.zeros((0, 0, 3), dtype=np.uint8)
+            hr_patch = hr
+        else:
+            hr_patch = hr[y * s:(y + lp) * s, x * s:(x + lp) * s]
         if self.augment:
             lr_patch, hr_patch = augment_pair(lr_patch, hr_patch, rotations=int(rng.integers(4)),
                                               flip=bool(rng.integers(2)))

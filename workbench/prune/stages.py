@@ -133,19 +133,21 @@ def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
     from workbench.prune.sfp import SoftFilterPruning
     from workbench.recipes.stage_utils import save_stage_artifact, stage_seed
     from workbench.train.loop import fit
-    from workbench.train.stages import build_train_dataset, make_val_fn, settings_from_config
+    from workbench.train.stages import build_train_dataset, make_val_fn, settings_from_config, stage_teacher
 
     parent = ctx.load_parent()
     model = parent.model
     seed = stage_seed(ctx)
+    teacher, teacher_lineage = stage_teacher(cfg, ctx, parent)  # taken before any mask
     dataset = build_train_dataset(ctx, cfg, seed=seed)
-    settings = replace(settings_from_config(cfg), epoch_iterations=cfg.mask_every)
+    settings = replace(settings_from_config(cfg, teacher=teacher_lineage.get("teacher_weights_sha256")),
+                       epoch_iterations=cfg.mask_every)
     callback = SoftFilterPruning(model, cfg.widths(), criterion=cfg.criterion,
                                  reset_moments=cfg.reset_moments)
     val_fn = make_val_fn(ctx) if cfg.val else None
     metrics = fit(model, dataset, settings=settings, device=ctx.device, seed=seed,
                   checkpoint_dir=ctx.checkpoint_dir, callbacks=[callback], val_fn=val_fn,
-                  writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id)
+                  writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id, teacher=teacher)
     model.to("cpu").eval()
     params_before = sum(p.numel() for p in model.parameters())
     pruned = callback.finalize(model)
@@ -166,7 +168,8 @@ def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
         val = val_fn(pruned)
         val.pop("images", None)
         metrics.update({f"pruned_val_{k}": v for k, v in val.items()})
-    path = save_stage_artifact(ctx, pruned, parent=parent, metrics=metrics, config=cfg)
+    path = save_stage_artifact(ctx, pruned, parent=parent, metrics=metrics, config=cfg,
+                               lineage=teacher_lineage)
     summary = (f"{settings.iterations} it, {len(callback.history)} masks; params "
                f"{params_before:,} -> {metrics['params']:,}; masked vs removed max |diff| {diff:.2g}")
     if "pruned_val_psnr_y" in metrics:

@@ -44,8 +44,13 @@ class TrainSource:
     bicubic_lr: bool = field(default=False, metadata={
         "help": "ignore the LR folder and make LR from HR with MATLAB bicubic"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N images", "min": 1})
+    as_lr: bool = field(default=False, metadata={
+        "help": "use the images themselves as LR inputs (no HR at the model's scale: a frozen teacher "
+                "supplies the target, so the stage's losses must all be distill)"})
 
     def validate(self) -> list[str]:
+        if self.as_lr and self.layout not in ("folder", "samples"):
+            return [f"as_lr: only for layout folder or samples, got {self.layout!r}"]
         if self.root is None and self.layout != "samples":
             return [f"root: required for layout {self.layout!r} (only layout 'samples' needs no root)"]
         return []

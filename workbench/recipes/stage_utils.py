@@ -34,11 +34,12 @@ def is_main(ctx: StageContext) -> bool:
 
 def save_stage_artifact(ctx: StageContext, model: nn.Module, *, parent: Any = None,
                         metrics: Mapping[str, Any] | None = None, config: Any = None,
-                        path: Path | None = None) -> Path:
+                        path: Path | None = None, lineage: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` as this stage's artifact (``ctx.artifact_dir``) with full lineage.
 
     ``parent`` is the :class:`~workbench.artifacts.Artifact` the stage started from (its path and
-    weights hash are recorded); ``config`` the stage's config dataclass (stored resolved).
+    weights hash are recorded); ``config`` the stage's config dataclass (stored resolved);
+    ``lineage`` extra lineage entries (e.g. the distillation teacher and its weights hash).
     Only rank 0 writes; other ranks get the path back without writing.
     """
     from workbench.artifacts import make_lineage, save_artifact
@@ -51,7 +52,7 @@ def save_stage_artifact(ctx: StageContext, model: nn.Module, *, parent: Any = No
     lineage = make_lineage(parent=parent_ref, seed=ctx.seed, stage=ctx.stage_id,
                            recipe_sha256=ctx.recipe_sha256, device=str(ctx.device),
                            stage_type=ctx.stage_type, stage_index=ctx.stage_index,
-                           run_dir=str(ctx.run_dir))
+                           run_dir=str(ctx.run_dir), **dict(lineage or {}))
     cfg = {"stage": ctx.stage_type, "id": ctx.stage_id, **(to_plain(config) if config is not None else {})}
     core = model.module if hasattr(model, "module") else model
     return save_artifact(target, core, metrics=dict(metrics or {}), lineage=lineage, config=cfg)
@@ -65,8 +66,12 @@ def train_sources(ctx: StageContext, override: Sequence[Any] | None = None) -> l
     return list(recipe.data.train) if recipe is not None else []
 
 
-def training_files(sources: Sequence[Any], *, scale: int) -> tuple[list[Path], list[Path] | None]:
-    """HR files and (when every source has them) matching LR files of the training sources."""
+def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = False):
+    """HR files and (when every source has them) matching LR files of the training sources.
+
+    With ``with_lr_only`` a third list says, per file, whether its source is ``as_lr`` (the
+    image itself is an LR input; only teacher-based losses can train on it).
+    """
     from workbench.data.training import find_training_pairs, sample_images_dir
     from workbench.errors import WorkbenchError
 
@@ -74,6 +79,7 @@ def training_files(sources: Sequence[Any], *, scale: int) -> tuple[list[Path], l
         raise WorkbenchError("no training data: set data.train in the recipe (or data in the stage)")
     hr_all: list[Path] = []
     lr_all: list[Path] | None = []
+    as_lr: list[bool] = []
     for source in sources:
         if source.layout == "samples":
             root, layout = (Path(source.root) if source.root else sample_images_dir()), "folder"
@@ -83,11 +89,19 @@ def training_files(sources: Sequence[Any], *, scale: int) -> tuple[list[Path], l
         if source.limit is not None:
             hr = hr[:source.limit]
             lr = lr[:source.limit] if lr is not None else None
+        flag = bool(getattr(source, "as_lr", False))
+        if flag:
+            if not with_lr_only:
+                raise WorkbenchError(f"{root}: as_lr images need a training stage with distill losses")
+            lr = None  # the image itself is the LR input: no LR files to pair
         hr_all += hr
+        as_lr += [flag] * len(hr)
         if lr is None or source.bicubic_lr or lr_all is None:
             lr_all = None
         else:
             lr_all += lr
+    if with_lr_only:
+        return hr_all, lr_all, as_lr
     return hr_all, lr_all
 
 

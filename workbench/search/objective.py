@@ -106,6 +106,12 @@ class FinetuneSettings:
     patch_size: int = 96          # HR patch side (the LR patch is patch_size / scale)
     lr: float = 1e-4
     loss: str = "l1"
+    losses: tuple = ()            # loss specs like a training stage's (overrides ``loss``), e.g.
+                                  # ({"type": "distill", "weight": 1.0},)
+    teacher: str = "parent"       # the distill teacher: the search's parent or a model REF
+
+    def loss_specs(self) -> list[dict]:
+        return [dict(x) for x in self.losses] if self.losses else [{"type": self.loss, "weight": 1.0}]
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -176,6 +182,19 @@ class DefaultEvaluator:
         self.train_files = [Path(f) for f in train_files]
         self.train_lr_files = [Path(f) for f in train_lr_files] if train_lr_files else None
         self._dataset = None
+        self._teacher = None
+
+    def teacher(self) -> Any:
+        """The frozen teacher of distill losses: the parent itself (never trained: candidates are
+        pruned copies) or the model ``settings.teacher`` names, loaded once."""
+        if self._teacher is None:
+            if self.settings.teacher in ("parent", "", None):
+                self._teacher = self.parent
+            else:
+                from workbench.artifacts import load_model
+
+                self._teacher = load_model(self.settings.teacher).model.eval()
+        return self._teacher
 
     def dataset(self, seed: int) -> Any:
         if self._dataset is None:
@@ -225,12 +244,16 @@ class DefaultEvaluator:
     def finetune(self, model: "RLFN", *, seed: int) -> dict[str, Any]:
         from workbench.train.loop import TrainSettings, fit
 
+        from workbench.train.losses import needs_teacher
+
         s = self.settings
+        losses = s.loss_specs()
         settings = TrainSettings(iterations=s.iterations, batch_size=s.batch_size, patch_size=s.patch_size,
                                  lr=s.lr, halve_every=max(1, s.iterations * 10),
-                                 losses=[{"type": s.loss, "weight": 1.0}], checkpoint_every=0, log_every=10)
+                                 losses=losses, checkpoint_every=0, log_every=10)
+        teacher = self.teacher() if needs_teacher(losses) else None
         result = fit(model, self.dataset(seed), settings=settings, device=self.device, seed=seed,
-                     progress=False, desc="finetune")
+                     progress=False, desc="finetune", teacher=teacher)
         model.eval()
         return {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
 

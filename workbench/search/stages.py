@@ -18,6 +18,12 @@ from workbench.recipes.registry import StageContext, StageResult, register_stage
 log = logging.getLogger("workbench.search")
 
 
+def _check_losses(specs: list[dict] | None) -> list[str]:
+    from workbench.train.losses import check_loss_specs
+
+    return check_loss_specs(specs) if specs is not None else []
+
+
 def _default_space() -> dict[str, Any]:
     return {"trunk": "32:48:8", "mid": "24:48:8"}
 
@@ -43,6 +49,11 @@ class SearchStageConfig:
     batch_size: int = field(default=16, metadata={"help": "fine-tune batch size", "min": 1})
     patch_size: int = field(default=96, metadata={"help": "fine-tune HR patch side (pixels)", "min": 4})
     lr: float = field(default=1e-4, metadata={"help": "fine-tune learning rate", "gt": 0, "lt": 1})
+    finetune_losses: list[dict] | None = field(default=None, metadata={
+        "help": "losses of each candidate's fine-tune (default [{type: l1}]); e.g. [{type: distill}] "
+                "distils from the parent", "check": _check_losses})
+    teacher: str = field(default="parent", metadata={
+        "help": "the teacher of distill losses: parent (the search's starting model) or a model REF"})
     eval_set: str | None = field(default=None, metadata={
         "help": "validation set (default: the recipe's first data.val set)"})
     sampler: str = field(default="tpe", metadata={"help": "Optuna sampler",
@@ -132,7 +143,9 @@ def job_for_stage(cfg: SearchStageConfig, ctx: StageContext) -> Any:
         objective=ObjectiveConfig(objective=cfg.objective, latency_budget_ms=cfg.latency_budget_ms,
                                   psnr_min=cfg.psnr_min, psnr_drop=cfg.psnr_drop),
         finetune=FinetuneSettings(iterations=cfg.finetune_iters, batch_size=cfg.batch_size,
-                                  patch_size=cfg.patch_size, lr=cfg.lr),
+                                  patch_size=cfg.patch_size, lr=cfg.lr,
+                                  losses=tuple(dict(x) for x in (cfg.finetune_losses or ())),
+                                  teacher=cfg.teacher),
         latency=LatencySettings(device=device, input_shape=tuple(cfg.input_shape), dtype=cfg.dtype,
                                 threads=cfg.threads, warmup=cfg.warmup, repeats=cfg.repeats,
                                 ntire_folder=cfg.ntire_folder, cache_path=cfg.latency_cache,

@@ -14,6 +14,8 @@ Stable API (signatures other engineers call)::
         checkpoint_every: int = 1000; val_every: int = 0; log_every: int = 50
         grad_clip: float | None = None; num_workers: int = 0
         amp: str | None = None                # "bf16" / "fp16": autocast on CUDA only
+        teacher: str | None = None            # identity of the distillation teacher (its weights
+                                              # hash): part of the resume fingerprint
 
     class Callback:                           # every hook optional
         on_step_end(state: TrainState) -> None
@@ -26,12 +28,13 @@ Stable API (signatures other engineers call)::
         (callback epochs finished), settings, device, loss (last step, float), dist (DistInfo)
 
     fit(model, dataset, *, settings, device, seed, checkpoint_dir=None, callbacks=(),
-        val_fn=None, writer=None, progress=True, desc="train") -> dict
+        val_fn=None, writer=None, progress=True, desc="train", teacher=None) -> dict
         # trains ``model`` in place; returns {"iterations", "loss", "loss_terms", "lr",
         # "seconds", "val_<metric>"...}. ``dataset[i]`` gives (lr, hr) (or {"lr", "hr"}) float
         # tensors on the 0..255 scale; ``dataset.set_epoch(e)`` is called when it exists.
         # val_fn(model) -> {"psnr_y": ..., "images": {name: uint8 HWC/CHW}} runs every
-        # val_every iterations and at the end.
+        # val_every iterations and at the end. ``teacher``: the frozen model of ``distill``
+        # loss terms (it runs on ``device`` in inference mode, on every DDP rank for its share).
 
 Determinism: the data order is a function of (seed, data epoch) only -- data epoch ``e`` is a
 permutation drawn from a generator seeded with (seed, e), cut into batches -- and the dataset's own
@@ -94,6 +97,7 @@ class TrainSettings:
     grad_clip: float | None = None
     num_workers: int = 0
     amp: str | None = None
+    teacher: str | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the current run to be resumed."""
@@ -101,6 +105,8 @@ class TrainSettings:
                 "epoch_iterations", "grad_clip", "amp")
         data = asdict(self)
         out = {k: data[k] for k in keep}
+        if self.teacher is not None:  # absent otherwise, so checkpoints from before it still resume
+            out["teacher"] = self.teacher
         out["betas"] = list(out["betas"])
         return out
 
@@ -293,7 +299,7 @@ def _write_images(writer: Any, images: Mapping[str, Any], step: int) -> None:
 def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torch.device | str,
         seed: int, checkpoint_dir: Path | None = None, callbacks: Sequence[Callback] = (),
         val_fn: Callable[[nn.Module], dict] | None = None, writer: Any = None,
-        progress: bool = True, desc: str = "train") -> dict[str, Any]:
+        progress: bool = True, desc: str = "train", teacher: nn.Module | None = None) -> dict[str, Any]:
     """Train ``model`` in place for ``settings.iterations`` optimiser steps; see the module docstring.
 
     With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every`` iterations and at
@@ -312,7 +318,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
         log.warning("amp=%s ignored: mixed precision is used on CUDA only (device %s)", settings.amp, device)
 
     model.to(device)
-    criterion = build_loss(settings.losses).to(device)
+    criterion = build_loss(settings.losses, teacher=teacher).to(device)
     optimizer = make_optimizer(model, settings)
     scheduler = make_scheduler(optimizer, settings)
     use_scaler = settings.amp == "fp16" and device.type == "cuda"

@@ -7,11 +7,19 @@ API (stable; other stages call it)::
     build_loss(specs) -> CombinedLoss        # specs: [{"type": "l1", "weight": 1.0}, ...] or one dict
     CombinedLoss.forward(sr, hr, lr) -> scalar tensor
     CombinedLoss.last_terms                  # {"l1": float, "contrastive": float} of the last call
+    needs_teacher(specs) -> bool             # does any term need a teacher model (``distill``)?
+    uses_hr(specs) -> bool                   # does any term compare against the HR patch?
 
 Every loss module takes ``forward(sr, hr, lr)``: ``sr`` and ``hr`` are N x 3 x sH x sW and ``lr``
 is N x 3 x H x W, all on the models' 0..255 scale. Pixel losses ignore ``lr``.
 
 Scale conventions (documented because they change what a weight means):
+
+- ``distill`` (knowledge distillation): L1 (``norm: l1``, default) or L2 (``norm: l2``) between the
+  student's SR and a frozen teacher's SR of the same LR batch, on the 0..255 scale. The teacher is
+  given to :func:`build_loss` by the stage (its parent by default, or the stage's ``teacher`` REF);
+  it runs in ``inference_mode`` in eval mode, so it gets no gradients and never changes. It needs
+  no HR patch, so it alone can train on images that only exist as LR.
 
 - ``l1`` / ``l2`` are computed on the 0..255 scale the models work in. Adam is invariant to a
   constant factor on the loss, so this matches training on 0..1 images apart from Adam's eps.
@@ -132,6 +140,77 @@ def _contrastive(*, channels: int = 64, extractor_seed: int = 0, eps: float = 1e
     return ContrastiveLoss(channels=channels, extractor_seed=extractor_seed, eps=eps)
 
 
+class DistillLoss(nn.Module):
+    """Pixel distance between the student's SR and a frozen teacher's SR (see the module docstring).
+
+    The teacher is held outside the module tree (``self._teacher`` is a plain attribute), so that
+    ``criterion.parameters()`` and ``criterion.state_dict()`` never include it.
+    """
+
+    def __init__(self, teacher: nn.Module, *, norm: str = "l1") -> None:
+        super().__init__()
+        if norm not in ("l1", "l2"):
+            raise WorkbenchError(f"distill: norm must be l1 or l2, got {norm!r}")
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.__dict__["_teacher"] = teacher
+        self.norm = norm
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.__dict__["_teacher"]
+
+    def _apply(self, fn, recurse=True):  # .to(device) also moves the teacher
+        self.__dict__["_teacher"] = self.teacher._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def target(self, lr: torch.Tensor) -> torch.Tensor:
+        """The teacher's SR of ``lr`` (no graph, a normal tensor usable in the student's loss)."""
+        with torch.inference_mode():
+            out = self.teacher(lr.float())
+        return out.clone()
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor | None = None,
+                lr: torch.Tensor | None = None) -> torch.Tensor:
+        if lr is None:
+            raise ValueError("the distillation loss needs the LR batch (the teacher's input)")
+        target = self.target(lr)
+        if target.shape != sr.shape:
+            raise WorkbenchError(f"distill: the teacher's SR is {tuple(target.shape)} but the student's is "
+                                 f"{tuple(sr.shape)}; the teacher must have the student's scale")
+        return F.l1_loss(sr, target) if self.norm == "l1" else F.mse_loss(sr, target)
+
+
+#: Losses that need a teacher model; build_loss passes it to their factory as ``teacher``.
+TEACHER_LOSSES = {"distill"}
+#: Losses that do not compare against the HR patch (usable on LR-only training images).
+NO_HR_LOSSES = {"distill"}
+
+
+@register_loss("distill")
+def _distill(*, teacher: nn.Module | None = None, norm: str = "l1") -> nn.Module | None:
+    if norm not in ("l1", "l2"):
+        raise TypeError(f"norm must be 'l1' or 'l2', got {norm!r}")
+    if teacher is None:  # spec check only (check_loss_specs); build_loss always passes the teacher
+        return None
+    return DistillLoss(teacher, norm=norm)
+
+
+def _spec_list(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [specs] if isinstance(specs, Mapping) else list(specs)
+
+
+def needs_teacher(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> bool:
+    """True when a loss term needs a teacher model (``distill``)."""
+    return any(isinstance(s, Mapping) and s.get("type") in TEACHER_LOSSES for s in _spec_list(specs))
+
+
+def uses_hr(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> bool:
+    """True when a loss term compares against the HR patch (every loss but ``distill``)."""
+    return any(isinstance(s, Mapping) and s.get("type") not in NO_HR_LOSSES for s in _spec_list(specs))
+
+
 class CombinedLoss(nn.Module):
     """Weighted sum of registered losses; ``forward(sr, hr, lr)`` returns one scalar.
 
@@ -188,6 +267,10 @@ def check_loss_specs(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> 
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             problems.append(f"[{i}].weight: must be a number >= 0, got {weight!r}")
         kwargs = {k: v for k, v in spec.items() if k not in LOSS_SPEC_KEYS}
+        if "teacher" in kwargs:
+            problems.append(f"[{i}] ({kind}): the teacher is a stage setting (teacher: REF), not a loss "
+                            f"argument")
+            continue
         try:
             LOSSES[kind](**kwargs)
         except TypeError as exc:
@@ -195,15 +278,23 @@ def check_loss_specs(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> 
     return problems
 
 
-def build_loss(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> CombinedLoss:
-    """Build the weighted sum of the losses in ``specs`` (``type``, ``weight`` and loss kwargs)."""
+def build_loss(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any], *,
+               teacher: nn.Module | None = None) -> CombinedLoss:
+    """Build the weighted sum of the losses in ``specs`` (``type``, ``weight`` and loss kwargs).
+
+    ``teacher`` is the frozen model that ``distill`` terms compare against; it is required when
+    such a term is present.
+    """
     problems = check_loss_specs(specs)
     if problems:
         raise WorkbenchError("losses" + problems[0])
-    if isinstance(specs, Mapping):
-        specs = [specs]
+    specs = _spec_list(specs)
+    if needs_teacher(specs) and teacher is None:
+        raise WorkbenchError("losses: a distill term needs a teacher model (the stage's parent by default)")
     terms = []
     for spec in specs:
         kwargs = {k: v for k, v in spec.items() if k not in LOSS_SPEC_KEYS}
+        if spec["type"] in TEACHER_LOSSES:
+            kwargs["teacher"] = teacher
         terms.append((spec["type"], float(spec.get("weight", 1.0)), LOSSES[spec["type"]](**kwargs)))
     return CombinedLoss(terms)

@@ -70,15 +70,28 @@ class TrainingConfig:
         "help": "decode training images once and keep them in memory (off for DIV2K+Flickr2K)"})
     data: list[TrainSource] | None = field(default=None, metadata={
         "help": "training sources for this stage only (default: the recipe's data.train)"})
+    teacher: str = field(default="parent", metadata={
+        "help": "the frozen teacher of distill losses: parent (the stage's starting model) or a model "
+                "REF (name, artifact folder, .pth)"})
 
     def validate(self) -> list[str]:
+        from workbench.train.losses import uses_hr
+
         problems = []
         if not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas: each must be in [0, 1), got {list(self.betas)}")
+        if any(getattr(src, "as_lr", False) for src in (self.data or [])) and uses_hr(self.losses):
+            problems.append("losses: sources with as_lr have no HR target; use only distill losses")
         return problems
 
     def validate_in(self, recipe: Any) -> list[str]:
+        from workbench.train.losses import uses_hr
+
         problems = []
+        if not self.data and any(getattr(src, "as_lr", False) for src in recipe.data.train) \
+                and uses_hr(self.losses):
+            problems.append("losses: data.train has as_lr sources (no HR target); use only distill losses "
+                            "or give this stage its own data")
         if not self.data and not recipe.data.train:
             problems.append("data: this training stage needs training images: set data.train in the "
                             "recipe or data in the stage")
@@ -110,8 +123,8 @@ class FinetuneConfig(TrainingConfig):
                                metadata={"help": "L2 (MSE) loss", "check": _check_losses})
 
 
-def settings_from_config(cfg: TrainingConfig):
-    """The loop's TrainSettings for a training stage config."""
+def settings_from_config(cfg: TrainingConfig, *, teacher: str | None = None):
+    """The loop's TrainSettings for a training stage config (``teacher``: its weights hash)."""
     from workbench.train.loop import TrainSettings
 
     return TrainSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, patch_size=cfg.patch_size,
@@ -119,17 +132,50 @@ def settings_from_config(cfg: TrainingConfig):
                          gamma=cfg.gamma, losses=[dict(x) for x in cfg.losses],
                          checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
                          log_every=cfg.log_every, grad_clip=cfg.grad_clip, num_workers=cfg.num_workers,
-                         amp=cfg.amp)
+                         amp=cfg.amp, teacher=teacher)
 
 
 def build_train_dataset(ctx: StageContext, cfg: TrainingConfig, *, seed: int):
     """The stage's PatchDataset (crops, flips/rotations drawn per (seed, epoch, index))."""
     from workbench.data.training import PatchDataset
     from workbench.recipes.stage_utils import train_sources, training_files
+    from workbench.train.losses import uses_hr
 
-    hr, lr = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
+    hr, lr, as_lr = training_files(train_sources(ctx, cfg.data), scale=ctx.scale, with_lr_only=True)
     return PatchDataset(hr, scale=ctx.scale, patch_size=cfg.patch_size, lr_files=lr, augment=cfg.augment,
-                        length=cfg.samples_per_epoch, seed=seed, cache=cfg.cache_images)
+                        length=cfg.samples_per_epoch, seed=seed, cache=cfg.cache_images,
+                        lr_only=as_lr, targets=uses_hr(cfg.losses))
+
+
+def stage_teacher(cfg: Any, ctx: StageContext, parent: Any):
+    """The frozen teacher of the stage's distill losses and its lineage record, or (None, {}).
+
+    ``cfg.teacher`` is ``parent`` (a copy of the stage's starting model, taken before training
+    changes it) or a model REF. The teacher must have the student's scale.
+    """
+    import copy
+
+    from workbench.artifacts import load_model, state_digest
+    from workbench.errors import WorkbenchError
+    from workbench.train.losses import needs_teacher
+
+    if not needs_teacher(cfg.losses):
+        return None, {}
+    ref = getattr(cfg, "teacher", "parent") or "parent"
+    if ref == "parent":
+        art = parent
+        name = str(parent.path) if parent.path is not None else str(ctx.parent or ctx.model_ref)
+        model = copy.deepcopy(parent.model)
+    else:
+        art = load_model(ref)
+        name, model = ref, art.model
+    if art.spec.scale != ctx.scale:
+        raise WorkbenchError(f"teacher {name}: scale x{art.spec.scale}, but the stage trains x{ctx.scale}")
+    sha = art.weights_sha256 or state_digest(model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, {"teacher": name, "teacher_weights_sha256": sha}
 
 
 def make_val_fn(ctx: StageContext, *, images: int = 1):
@@ -167,21 +213,22 @@ def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
 
     parent = ctx.load_parent()
     seed = stage_seed(ctx)
+    model = parent.model
+    teacher, teacher_lineage = stage_teacher(cfg, ctx, parent)
     if from_scratch:
         torch.manual_seed(seed)
         model = build_model(parent.spec)
-    else:
-        model = parent.model
     dataset = build_train_dataset(ctx, cfg, seed=seed)
-    settings = settings_from_config(cfg)
+    settings = settings_from_config(cfg, teacher=teacher_lineage.get("teacher_weights_sha256"))
     val_fn = make_val_fn(ctx) if cfg.val else None
     metrics = fit(model, dataset, settings=settings, device=ctx.device, seed=seed,
                   checkpoint_dir=ctx.checkpoint_dir, callbacks=list(callbacks), val_fn=val_fn,
-                  writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id)
+                  writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id, teacher=teacher)
     metrics["train_images"] = len(dataset.hr_files)
     metrics["start"] = "scratch" if from_scratch else "parent"
     model.to("cpu")
-    path = save_stage_artifact(ctx, model, parent=parent, metrics=metrics, config=cfg)
+    path = save_stage_artifact(ctx, model, parent=parent, metrics=metrics, config=cfg,
+                               lineage=teacher_lineage)
     parts = [f"{settings.iterations} it", f"loss {metrics['loss']:.4g}" if metrics.get("loss") is not None else ""]
     if "val_psnr_y" in metrics:
         parts.append(f"val {metrics.get('val_set', 'Set5')} PSNR-Y {metrics['val_psnr_y']:.3f} dB")
@@ -248,4 +295,5 @@ def evaluate_stage(cfg: EvaluateConfig, ctx: StageContext) -> StageResult:
 
 
 __all__ = ["TrainingConfig", "TrainFromScratchConfig", "ContrastiveConfig", "FinetuneConfig",
-           "EvaluateConfig", "run_training", "settings_from_config", "build_train_dataset", "make_val_fn"]
+           "EvaluateConfig", "run_training", "settings_from_config", "build_train_dataset", "make_val_fn",
+           "stage_teacher"]
