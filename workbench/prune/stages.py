@@ -186,23 +186,30 @@ class PruneConfig:
         "help": "target widths per group name or shell pattern"})
     criterion: str = field(default="l1", metadata={"help": "channel importance criterion",
                                                    "choices": CRITERIA})
+    keep_blocks: list[int] | None = field(default=None, metadata={
+        "help": "keep only these blocks (1-based, increasing), e.g. [1, 2, 3, 5]; the last kept block "
+                "feeds conv_2 (a fine-tune must follow)"})
 
     def validate(self) -> list[str]:
-        if self.trunk is None and not self.targets:
-            return ["trunk: give trunk and/or targets"]
+        if self.trunk is None and not self.targets and not self.keep_blocks:
+            return ["trunk: give trunk, targets and/or keep_blocks"]
+        if self.keep_blocks is not None and (not self.keep_blocks or any(k < 1 for k in self.keep_blocks)
+                                             or sorted(set(self.keep_blocks)) != list(self.keep_blocks)):
+            return [f"keep_blocks: must be increasing block numbers from 1, got {self.keep_blocks}"]
         return []
 
 
 @register_stage("prune", config=PruneConfig,
                 help="remove the lowest-importance channels physically to given widths (one shot)")
 def prune_stage(cfg: PruneConfig, ctx: StageContext) -> StageResult:
-    from workbench.prune.surgery import prune_to_widths
+    from workbench.prune.surgery import drop_blocks, prune_to_widths
     from workbench.recipes.stage_utils import save_stage_artifact
 
     parent = ctx.load_parent()
     widths = ({"trunk": cfg.trunk} if cfg.trunk is not None else {}) | dict(cfg.targets or {})
     before = sum(p.numel() for p in parent.model.parameters())
-    pruned = prune_to_widths(parent.model, widths, criterion=cfg.criterion)
+    model = drop_blocks(parent.model, keep=cfg.keep_blocks) if cfg.keep_blocks else parent.model
+    pruned = prune_to_widths(model, widths, criterion=cfg.criterion) if widths else model
     after = sum(p.numel() for p in pruned.parameters())
     path = save_stage_artifact(ctx, pruned, parent=parent, config=cfg,
                                metrics={"params_before": before, "params": after})

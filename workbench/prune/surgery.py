@@ -104,29 +104,52 @@ def prune_to_widths(model: RLFN, widths: Mapping[str, int], *, criterion: str = 
     return rebuilt
 
 
-def drop_blocks(model: RLFN, num_blocks: int, *, inplace: bool = False) -> RLFN:
-    """Keep the first ``num_blocks`` blocks; the last kept block then feeds conv_2.
+def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[int] | None = None,
+                inplace: bool = False) -> RLFN:
+    """Keep the first ``num_blocks`` blocks, or the blocks numbered ``keep`` (1-based, in order);
+    the last kept block then feeds conv_2.
 
-    conv_2 keeps its weights, reading the kept block's output channels in place of the dropped
-    last block's (channel j for channel j). This changes what the network computes (the dropped
-    blocks' work is lost and conv_2 sees features it was not trained on), so a fine-tune must
-    follow; the weights of everything kept are inherited. Requires the last kept block's output
-    width to equal conv_2's input width (true for every released model); otherwise prune first.
+    conv_2 keeps its weights, reading the last kept block's output channels in place of the
+    dropped last block's (channel j for channel j). This changes what the network computes (the
+    dropped blocks' work is lost and the blocks after a gap see features they were not trained
+    on), so a fine-tune must follow; the weights of everything kept are inherited. Requires the
+    kept blocks to chain (each one's input width is the previous kept one's output width, true
+    for every released model); otherwise prune first.
     """
     spec = model.spec
     n = spec.num_blocks
-    if not 1 <= num_blocks <= n:
-        raise WorkbenchError(f"cannot keep {num_blocks} blocks of a {n}-block model")
-    if num_blocks == n:
+    if keep is None:
+        if num_blocks is None or not 1 <= num_blocks <= n:
+            raise WorkbenchError(f"cannot keep {num_blocks} blocks of a {n}-block model")
+        keep = list(range(1, num_blocks + 1))
+    keep = [int(k) for k in keep]
+    if not keep or any(not 1 <= k <= n for k in keep) or sorted(set(keep)) != keep:
+        raise WorkbenchError(f"blocks to keep must be increasing numbers in 1..{n}, got {keep}")
+    if keep == list(range(1, n + 1)):
         return model if inplace else copy.deepcopy(model)
-    kept_out = spec.blocks[num_blocks - 1].out
-    if kept_out != spec.blocks[-1].out:
-        raise WorkbenchError(f"cannot drop blocks: block {num_blocks} outputs {kept_out} channels "
+    kept = [spec.blocks[k - 1] for k in keep]
+    if kept[-1].out != spec.blocks[-1].out:
+        raise WorkbenchError(f"cannot drop blocks: block {keep[-1]} outputs {kept[-1].out} channels "
                              f"but conv_2 reads {spec.blocks[-1].out}; make them equal first")
-    target = RLFNSpec(scale=spec.scale, trunk=spec.trunk, blocks=spec.blocks[:num_blocks],
+    inputs = [spec.trunk] + [b.out for b in spec.blocks[:-1]]   # what each block reads
+    feeds = spec.trunk
+    for k in keep:
+        if inputs[k - 1] != feeds:
+            raise WorkbenchError(f"cannot drop blocks: block {k} reads {inputs[k - 1]} channels but "
+                                 f"would be fed {feeds}; make the widths equal first")
+        feeds = spec.blocks[k - 1].out
+    target = RLFNSpec(scale=spec.scale, trunk=spec.trunk, blocks=tuple(kept),
                       in_channels=spec.in_channels, out_channels=spec.out_channels)
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.startswith("block_") or int(k.split(".")[0][len("block_"):]) <= num_blocks}
+    renumber = {old: new for new, old in enumerate(keep, start=1)}
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("block_"):
+            head, rest = key.split(".", 1)
+            old = int(head[len("block_"):])
+            if old not in renumber:
+                continue
+            key = f"block_{renumber[old]}.{rest}"
+        state[key] = value
     param = next(model.parameters())
     fresh = RLFN(target).to(device=param.device, dtype=param.dtype)
     fresh.load_state_dict(state, strict=True)
