@@ -13,6 +13,7 @@ A recipe file::
         - {root: datasets/DIV2K, layout: div2k}
         - {root: datasets/Flickr2K, layout: flickr2k}
       val: {sets: [Set5], root: null}   # root null: the embedded Set5
+      leakage: error                    # refuse training images that copy an evaluation image
     stages:
       - {id: train, stage: train, iterations: 1000}
     smoke:                              # merged over the recipe by --smoke
@@ -44,6 +45,9 @@ class TrainSource:
     bicubic_lr: bool = field(default=False, metadata={
         "help": "ignore the LR folder and make LR from HR with MATLAB bicubic"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N images", "min": 1})
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "HR image names or shell patterns to leave out (file name or stem, e.g. 302003.png, "
+                "'30*'); each must match an image"})
 
     def validate(self) -> list[str]:
         if self.root is None and self.layout != "samples":
@@ -66,6 +70,10 @@ class DataConfig:
     train: list[TrainSource] = field(default_factory=list, metadata={
         "help": "training sources (concatenated); needed by training stages"})
     val: ValConfig = field(default_factory=ValConfig, metadata={"help": "validation sets"})
+    leakage: str = field(default="error", metadata={
+        "help": "a training image identical or nearly identical to an image of an evaluation or "
+                "validation set the recipe uses: error (refuse to run), warn, or off (no check)",
+        "choices": ["error", "warn", "off"]})
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def train_sources(ctx: StageContext, override: Sequence[Any] | None = None) -> l
 
 def training_files(sources: Sequence[Any], *, scale: int) -> tuple[list[Path], list[Path] | None]:
     """HR files and (when every source has them) matching LR files of the training sources."""
-    from workbench.data.training import find_training_pairs, sample_images_dir
+    from workbench.data.training import exclude_files, find_training_pairs, sample_images_dir
     from workbench.errors import WorkbenchError
 
     if not sources:
@@ -80,6 +80,8 @@ def training_files(sources: Sequence[Any], *, scale: int) -> tuple[list[Path], l
         else:
             root, layout = Path(source.root), source.layout
         hr, lr = find_training_pairs(root, layout=layout, scale=scale)
+        if getattr(source, "exclude", None):
+            hr, lr = exclude_files(hr, lr, source.exclude, root=root)
         if source.limit is not None:
             hr = hr[:source.limit]
             lr = lr[:source.limit] if lr is not None else None
