@@ -67,6 +67,7 @@ def test_prune_apply_warns_above_half_a_db(tmp_path, capsys, monkeypatch, after,
         assert warnings == []
 
 
+@pytest.mark.slow  # about 10 s: decodes 510 images / prunes the released model
 def test_l1_on_released_weights_is_warned_about_and_output_is_not(shared_dir, tmp_path, capsys) -> None:
     """The issue's case: rlfn_s_x4 with every trunk group 48 -> 46. By filter norm (l1) the stem
     group loses an image-carrying channel (Set5 about 23 dB down); by output the drop is small."""
