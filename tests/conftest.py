@@ -60,3 +60,18 @@ def make_smooth_images(folder: Path, *, n: int, size: int, small: int, seed: int
         noise = rng.integers(0, 256, (small, small, 3), dtype=np.uint8)
         Image.fromarray(noise).resize((size, size), Image.BICUBIC).save(folder / f"{prefix}{i}.png")
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _signature_cache(tmp_path_factory):
+    """The leakage guard's image-signature cache in a temporary folder, not ~/.cache (tests make
+    many short-lived images); subprocesses inherit it through the environment."""
+    import os
+
+    old = os.environ.get("WORKBENCH_SIGNATURE_CACHE")
+    os.environ["WORKBENCH_SIGNATURE_CACHE"] = str(tmp_path_factory.mktemp("signatures") / "sig.sqlite")
+    yield
+    if old is None:
+        os.environ.pop("WORKBENCH_SIGNATURE_CACHE", None)
+    else:
+        os.environ["WORKBENCH_SIGNATURE_CACHE"] = old

@@ -224,3 +224,46 @@ def test_shared_t91_loads(shared_dir: Path) -> None:
     assert len(hr) == 91 and lr is None
     first = mod_crop(read_image(hr[0]), 2)
     assert first.shape[0] % 2 == 0
+
+
+def test_several_folders_png_bmp_and_jpeg_train_together(tmp_path: Path) -> None:
+    """data.train with T91-like BMPs, BSD200-like PNGs and BSDS500-test-like JPEGs: the sources are
+    concatenated in order, exclude drops a file, and the patches come from every format."""
+    from PIL import Image
+
+    from workbench.recipes.schema import TrainSource
+    from workbench.recipes.stage_utils import training_files
+
+    for j, (folder, suffix, n) in enumerate((("t91", "bmp", 2), ("bsd200", "png", 3), ("bsds_test", "jpg", 2))):
+        (tmp_path / folder).mkdir()
+        for k in range(n):
+            Image.fromarray(_textured(40, 44, 10 * j + k)).save(tmp_path / folder / f"{k}.{suffix}")
+    sources = [TrainSource(root=str(tmp_path / "t91")),
+               TrainSource(root=str(tmp_path / "bsd200"), exclude=["1.png"]),
+               TrainSource(root=str(tmp_path / "bsds_test"))]
+    hr, lr = training_files(sources, scale=2)
+    assert [f"{p.parent.name}/{p.name}" for p in hr] == [
+        "t91/0.bmp", "t91/1.bmp", "bsd200/0.png", "bsd200/2.png", "bsds_test/0.jpg", "bsds_test/1.jpg"]
+    assert lr is None
+    ds = PatchDataset(hr, scale=2, patch_size=32, seed=0)
+    assert len(ds) == 6
+    jpeg_lr, jpeg_hr = ds.image_pair(5)
+    assert np.array_equal(jpeg_hr, mod_crop(read_image(hr[5]), 2))  # decoded JPEG, not re-encoded
+    assert np.array_equal(jpeg_lr, downscale(jpeg_hr, 2))
+    lr_patch, hr_patch = ds[5]
+    assert lr_patch.shape == (3, 16, 16) and hr_patch.shape == (3, 32, 32)
+
+
+def test_shared_491_images_train_together(shared_dir: Path) -> None:
+    """T91 + BSD200 + BSDS500-test200 from ../shared/data, Set5's woman (BSD200/302003) left out."""
+    from workbench.recipes.schema import TrainSource
+    from workbench.recipes.stage_utils import training_files
+
+    data = shared_dir / "data"
+    if not (data / "BSDS500-test200").is_dir():
+        pytest.skip("no BSDS500-test200 in ../shared/data")
+    hr, lr = training_files([TrainSource(root=str(data / "T91")),
+                             TrainSource(root=str(data / "BSD200"), exclude=["302003.png"]),
+                             TrainSource(root=str(data / "BSDS500-test200"))], scale=4)
+    assert len(hr) == 490 and lr is None
+    assert {p.suffix for p in hr} == {".bmp", ".png", ".jpg"}

@@ -257,3 +257,115 @@ def test_archive_lists_and_checksum_parsing() -> None:
     mirror = dl.with_mirror(dl.KNOWN_ARCHIVES["DIV2K_valid_HR.zip"], "http://m/x/")
     assert mirror.url == "http://m/x/DIV2K_valid_HR.zip"
     assert dl.with_mirror(mirror, "http://n/DIV2K_valid_HR.zip").url == "http://n/DIV2K_valid_HR.zip"
+
+
+# -- BSDS500 -------------------------------------------------------------------------------------
+
+def _jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 18, 3), dtype=np.uint8)).save(
+        buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _bsds_tgz() -> tuple[bytes, dict[str, bytes]]:
+    """A miniature BSR_bsds500.tgz with the member paths of the real one (images, Thumbs.db,
+    ground truth, the benchmark code)."""
+    base = "BSR/BSDS500/data"
+    members = {f"{base}/images/train/{k}.jpg": _jpeg(k) for k in (100075, 12003)}
+    members |= {f"{base}/images/test/{k}.jpg": _jpeg(k) for k in (100007, 10081, 2018)}
+    members |= {f"{base}/images/val/{k}.jpg": _jpeg(k) for k in (3096, 8023)}
+    members |= {f"{base}/images/train/Thumbs.db": b"thumbs", f"{base}/groundTruth/train/12003.mat": b"m",
+                "BSR/bench/source/match.cc": b"int main() {}"}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for folder in ("BSR", "BSR/BSDS500", f"{base}/images/train"):
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        for path, data in members.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), members
+
+
+@pytest.fixture
+def small_bsds(monkeypatch, server):
+    """The recorded BSDS500 archive pointed at a miniature one (its size and checksum)."""
+    import dataclasses
+
+    tgz, members = _bsds_tgz()
+    server.files["BSR_bsds500.tgz"] = tgz
+    name = "BSR_bsds500.tgz"
+    monkeypatch.setitem(dl.KNOWN_ARCHIVES, name, dataclasses.replace(
+        dl.KNOWN_ARCHIVES[name], size=len(tgz), sha256=hashlib.sha256(tgz).hexdigest()))
+    return tgz, members
+
+
+def test_cli_download_bsds500_unpacks_images_only_resumes_and_is_idempotent(
+        tmp_path: Path, server, small_bsds, capsys) -> None:
+    tgz, members = small_bsds
+    root = tmp_path / "data"
+    argv = ["data", "download", "bsds500", "--root", str(root), "--url", server.url]
+    server.cut_after = len(tgz) // 3
+    assert main(argv + ["--retries", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "download interrupted" in captured.err and "Traceback" not in captured.err
+    assert "non-commercial" in captured.out  # the licence note comes first
+    assert (root / "BSR_bsds500.tgz.part").stat().st_size == len(tgz) // 3
+    assert not (root / "BSD200").exists()
+    server.cut_after = None
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert server.requests[-1] == ("BSR_bsds500.tgz", f"bytes={len(tgz) // 3}-")
+    assert "non-commercial research and educational purposes only" in out
+    base = "BSR/BSDS500/data/images"
+    train = sorted(p.name for p in (root / "BSD200").iterdir())
+    test = sorted(p.name for p in (root / "BSDS500-test200").iterdir())
+    assert train == ["100075.jpg", "12003.jpg"]  # no Thumbs.db, no ground truth
+    assert test == ["100007.jpg", "10081.jpg", "2018.jpg"]
+    assert (root / "BSD200" / "12003.jpg").read_bytes() == members[f"{base}/train/12003.jpg"]  # as they come
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["BSD200", "BSDS500-test200"]
+    record = dl.read_record(root, "BSR_bsds500.tgz")
+    assert record["verified"] is True and record["folders"] == ["BSD200", "BSDS500-test200"]
+    assert record["sha256"] == hashlib.sha256(tgz).hexdigest()
+    hr, lr = find_training_pairs(root / "BSD200", layout="folder", scale=4)
+    assert [p.suffix for p in hr] == [".jpg", ".jpg"] and lr is None
+    n_requests = len(server.requests)
+    assert main(argv) == 0
+    assert len(server.requests) == n_requests, "a second run must not download anything"
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_bsds500_keeps_an_existing_folder_and_checks_the_checksum(tmp_path: Path, server, small_bsds,
+                                                                  monkeypatch, capsys) -> None:
+    import dataclasses
+
+    root = tmp_path / "data"
+    (root / "BSD200").mkdir(parents=True)
+    (root / "BSD200" / "100075.png").write_bytes(_png(1))  # e.g. ../shared/data's PNG copies
+    fetched = dl.download_dataset("bsds500", root, url=server.url, progress=False, log=lambda *_: None)
+    assert fetched == ["BSR_bsds500.tgz"]
+    assert [p.name for p in (root / "BSD200").iterdir()] == ["100075.png"]  # not merged into
+    assert len(list((root / "BSDS500-test200").iterdir())) == 3
+    other = tmp_path / "other"
+    name = "BSR_bsds500.tgz"
+    monkeypatch.setitem(dl.KNOWN_ARCHIVES, name, dataclasses.replace(dl.KNOWN_ARCHIVES[name], sha256="2" * 64))
+    assert main(["data", "download", "bsds500", "--root", str(other), "--url", server.url]) == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "Traceback" not in err
+    assert (other / f"{name}.bad").exists() and not (other / "BSD200").exists()
+
+
+def test_bsds500_archive_record() -> None:
+    archive = dl.dataset_archives("bsds500")[0]
+    assert archive.url == ("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/"
+                           "BSR_bsds500.tgz")
+    assert archive.size == 70763455
+    assert archive.sha256 == "97e49d31764f3912f0c4122707d53062ac9e783ba0f095e447a4d53c1a41af8e"
+    assert archive.targets == ("BSD200", "BSDS500-test200")
+    assert all("/val" not in src for src, _ in archive.members)  # B100 is an evaluation set
+    assert dl.with_mirror(archive, "http://m/").members == archive.members

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from workbench.errors import WorkbenchError
 
-HELP = "download DIV2K/Flickr2K, make bicubic LR images, check a data set"
+HELP = "download DIV2K/Flickr2K/BSDS500, make bicubic LR images, check a data set"
 DESCRIPTION = """\
 Data sets for training and evaluation.
 
@@ -16,7 +16,12 @@ Data sets for training and evaluation.
       DIR/DIV2K_train_HR, DIR/DIV2K_train_LR_bicubic/X<s>, ... (the 'div2k' training layout).
   workbench data download flickr2k [--root DIR]
       Download Flickr2K.tar (2650 images, HR and LR) and unpack into DIR/Flickr2K/.
-      Running either again finds the folders and does nothing.
+  workbench data download bsds500 [--root DIR]
+      Download Berkeley's BSR_bsds500.tgz (71 MB, SHA-256 verified) and unpack only its images,
+      JPEG as in the archive: the 200 train images into DIR/BSD200/ and the 200 test images into
+      DIR/BSDS500-test200/ (with T91, the 491 images of the 'folder' layout). The 100 val images
+      (= B100, an evaluation set) are not unpacked. Non-commercial research and education only.
+      Running any of these again finds the folders and does nothing.
   workbench data make-lr HR_DIR OUT_DIR --scale S
       Write OUT_DIR/<name>x<S>.png for every HR image: MATLAB imresize(HR, 1/S, 'bicubic') of the
       image mod-cropped to S (the way benchmark LR images are made).
@@ -28,10 +33,10 @@ Data sets for training and evaluation.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
-    dl = sub.add_parser("download", help="download, verify and unpack DIV2K or Flickr2K",
+    dl = sub.add_parser("download", help="download, verify and unpack DIV2K, Flickr2K or BSDS500",
                         description="Download a training set with resume and checksum verification, "
                                     "and unpack it into the layout training expects.")
-    dl.add_argument("dataset", choices=["div2k", "flickr2k"], help="which data set")
+    dl.add_argument("dataset", choices=["div2k", "flickr2k", "bsds500"], help="which data set")
     dl.add_argument("--root", type=Path, default=Path("datasets"),
                     help="folder to unpack into (default: ./datasets)")
     dl.add_argument("--url", default=None,

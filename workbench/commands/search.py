@@ -118,6 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also mark this model on the plot (e.g. rlfn_ntire_x4)")
     parser.add_argument("--compare-rounds", type=int, default=5,
                         help="rounds of the final side-by-side parent/selected timing (0: skip)")
+    parser.add_argument("--leakage", choices=("error", "warn", "off"), default="error",
+                        help="a fine-tune image identical or nearly identical to an image of the "
+                             "validation set: error (default: refuse), warn, or off (no check)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sampler and fine-tunes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -150,10 +153,33 @@ def job_from_args(args: argparse.Namespace) -> "object":
         train_threads=args.train_threads, premeasure=args.premeasure, progress=not args.no_progress)
 
 
+def check_leakage(args: argparse.Namespace) -> None:
+    """Refuse (or warn about) fine-tune images that copy a validation image; see
+    :mod:`workbench.data.leakage`. Without fine-tuning nothing is trained, so nothing leaks."""
+    import logging
+
+    from workbench.data.images import list_images
+    from workbench.data.leakage import check_leakage as find, leak_message, set_hr_files
+    from workbench.data.training import sample_images_dir
+
+    if args.leakage == "off" or args.finetune_iters <= 0:
+        return
+    train = list_images(args.train_data) if args.train_data else list_images(sample_images_dir())
+    matches = find(train, set_hr_files(args.eval_set, data_root=args.data_root))
+    if not matches:
+        return
+    if args.leakage == "error":
+        raise WorkbenchError(leak_message(matches, remedy="remove it from --train-data or pass "
+                                                          "--leakage warn to proceed anyway"))
+    logging.getLogger("workbench.search").warning(
+        "warning: %s", leak_message(matches, remedy="training on it anyway (--leakage warn)"))
+
+
 def run(args: argparse.Namespace) -> int:
     from workbench.search.results import format_summary
     from workbench.search.study import run_search
 
+    check_leakage(args)
     job = job_from_args(args)
     summary = run_search(job, workers=args.workers, compare_rounds=args.compare_rounds)
     print(format_summary(summary))

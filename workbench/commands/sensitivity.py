@@ -31,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.25, 0.5, 0.75, 0.9],
                         metavar="R", help="fractions of each group's channels to remove, each in "
                                           "(0, 1) (default: 0.1 0.25 0.5 0.75 0.9)")
-    parser.add_argument("--criterion", default="l1", metavar="NAME",
-                        help="importance criterion: l1, l2, l1_full (filter norms) or output "
-                             "(measured output change when a channel is silenced; slower, "
-                             "and far better for trunk.0) (default l1)")
+    parser.add_argument("--criterion", default="output", metavar="NAME",
+                        help="importance criterion: output (default: the measured output change when "
+                             "a channel is silenced; slower, and far better for trunk.0) or l1, l2, "
+                             "l1_full (filter norms: instant, but they misjudge trained SR weights)")
     parser.add_argument("--groups", nargs="+", default=None, metavar="PATTERN",
                         help="only groups matching these shell patterns, e.g. 'trunk.*' "
                              "'block*.esa.inner' (default: every group)")

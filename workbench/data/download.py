@@ -1,4 +1,5 @@
-"""Download, verify and unpack the training sets (DIV2K, Flickr2K) into the layout training expects.
+"""Download, verify and unpack the training sets (DIV2K, Flickr2K, BSDS500) into the layout training
+expects.
 
 Each archive is fetched into ``<root>/<archive>.part``; an interrupted download resumes from the
 partial file with an HTTP ``Range`` request (a server that ignores it is restarted from zero).
@@ -14,6 +15,14 @@ bicubic X3; its pointers agree with TFDS on the three files compared, train HR a
 X2). No checksum was found published for ``DIV2K_valid_LR_bicubic_X4.zip`` or ``Flickr2K.tar``:
 those are verified only against a checksum the user passes (``--checksum``); otherwise the
 computed SHA-256 is printed and stored beside the data for later comparison.
+
+BSDS500 (``BSR_bsds500.tgz`` from Berkeley, 70,763,455 bytes): its SHA-256 is not published by
+Berkeley; the one recorded is the value several independent projects pin for the official archive
+(dataset manifests and download scripts on GitHub, all agreeing with the size above). Only the
+images are unpacked, as the archive holds them (JPEG): ``images/train`` (200) into ``BSD200/`` and
+``images/test`` (200) into ``BSDS500-test200/``. ``images/val`` (100) is left out on purpose: it is
+the BSDS300 test set, i.e. the B100 evaluation set, and must never be trained on. The images are
+for non-commercial research and education only (:data:`BSDS500_NOTICE`).
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -36,6 +45,12 @@ from workbench.errors import WorkbenchError
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 FLICKR2K_URL = "https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar"
+BSDS500_URL = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"
+BSDS500_NOTICE = (
+    "licence: the BSDS500 images (Berkeley Segmentation Dataset and Benchmark; D. Martin et al., "
+    "ICCV 2001; P. Arbelaez et al., TPAMI 2011) are photographs from the Corel image database, "
+    "free of charge for non-commercial research and educational purposes only; do not "
+    "redistribute them or commit them to a repository")
 #: Folder under the data root where completion records are kept.
 RECORD_DIR = ".workbench-download"
 USER_AGENT = "workbench-data-download/1"
@@ -50,6 +65,16 @@ class Archive:
     provides: str
     size: int | None = None
     sha256: str | None = None
+    #: (folder inside the archive, folder under the root): when given, only the image files
+    #: directly inside each archive folder are unpacked, into its folder (nothing else is).
+    members: tuple[tuple[str, str], ...] = ()
+    #: printed whenever the archive is fetched or found (a licence note)
+    notice: str = ""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every folder (relative to the root) the archive provides."""
+        return tuple(t for _, t in self.members) if self.members else (self.provides,)
 
 
 def _div2k(name: str, provides: str, size: int | None, sha256: str | None) -> Archive:
@@ -74,9 +99,14 @@ KNOWN_ARCHIVES: dict[str, Archive] = {a.name: a for a in [
            "04b9a2ed3b4a0715d3924d3ae8514830c3328fac8d30512ce716d6f419e052a3"),
     _div2k("DIV2K_valid_LR_bicubic_X4.zip", "DIV2K_valid_LR_bicubic/X4", None, None),
     Archive(name="Flickr2K.tar", url=FLICKR2K_URL, provides="Flickr2K/Flickr2K_HR"),
+    Archive(name="BSR_bsds500.tgz", url=BSDS500_URL, provides="BSD200", size=70763455,
+            sha256="97e49d31764f3912f0c4122707d53062ac9e783ba0f095e447a4d53c1a41af8e",
+            members=(("BSR/BSDS500/data/images/train", "BSD200"),
+                     ("BSR/BSDS500/data/images/test", "BSDS500-test200")),
+            notice=BSDS500_NOTICE),
 ]}
 
-DATASETS = ("div2k", "flickr2k")
+DATASETS = ("div2k", "flickr2k", "bsds500")
 
 
 def dataset_archives(dataset: str, *, scales: Sequence[int] = (2, 3, 4), valid: bool = True,
@@ -84,6 +114,8 @@ def dataset_archives(dataset: str, *, scales: Sequence[int] = (2, 3, 4), valid: 
     """The archives that make up ``dataset`` for the given bicubic LR ``scales``."""
     if dataset == "flickr2k":
         return [KNOWN_ARCHIVES["Flickr2K.tar"]]
+    if dataset == "bsds500":
+        return [KNOWN_ARCHIVES["BSR_bsds500.tgz"]]
     if dataset != "div2k":
         raise WorkbenchError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
     for s in scales:
@@ -103,8 +135,7 @@ def with_mirror(archive: Archive, url: str | None) -> Archive:
     if not url:
         return archive
     full = url if url.rstrip("/").endswith("/" + archive.name) else url.rstrip("/") + "/" + archive.name
-    return Archive(name=archive.name, url=full, provides=archive.provides, size=archive.size,
-                   sha256=archive.sha256)
+    return replace(archive, url=full)
 
 
 # -- checksums ---------------------------------------------------------------------------------
@@ -308,6 +339,51 @@ def unpack(archive: Path, root: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def unpack_members(archive: Path, root: Path, members: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Unpack only the image files directly inside each archive folder of ``members`` into its
+    folder under ``root`` (via a temporary folder); returns the number of images per folder."""
+    from workbench.data.images import IMAGE_SUFFIXES
+
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    wanted = {PurePosixPath(src): dst for src, dst in members}
+    counts = {dst: 0 for _, dst in members}
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                entries = [(n, n.endswith("/"), lambda n=n: zf.read(n)) for n in zf.namelist()]
+                _write_members(archive, entries, staging, wanted, counts, IMAGE_SUFFIXES)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                entries = [(m.name, not m.isfile(), lambda m=m: tf.extractfile(m).read())
+                           for m in tf.getmembers()]
+                _write_members(archive, entries, staging, wanted, counts, IMAGE_SUFFIXES)
+        else:
+            raise WorkbenchError(f"{archive}: not a zip or tar archive")
+        for dst in counts:
+            if (staging / dst).is_dir():
+                _merge_tree(staging / dst, root / dst)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise WorkbenchError(f"{archive}: corrupt archive ({exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return counts
+
+
+def _write_members(archive: Path, entries, staging: Path, wanted: dict, counts: dict,
+                   suffixes: Sequence[str]) -> None:
+    for name, is_dir, read in entries:
+        _safe_member(name, archive)
+        pure = PurePosixPath(name.replace("\\", "/"))
+        dst = wanted.get(pure.parent)
+        if is_dir or dst is None or pure.suffix.lower() not in suffixes or pure.name.startswith("."):
+            continue
+        target = staging / dst / pure.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read())
+        counts[dst] += 1
+
+
 # -- the whole job -----------------------------------------------------------------------------
 
 def _record_path(root: Path, archive: Archive) -> Path:
@@ -315,9 +391,12 @@ def _record_path(root: Path, archive: Archive) -> Path:
 
 
 def is_installed(root: Path, archive: Archive) -> bool:
-    """True when the folder ``archive`` provides is present (unpacking moves it in whole)."""
-    folder = root / archive.provides
-    return folder.is_dir() and any(folder.iterdir())
+    """True when every folder ``archive`` provides is present (unpacking moves each in whole)."""
+    for target in archive.targets:
+        folder = root / target
+        if not (folder.is_dir() and any(folder.iterdir())):
+            return False
+    return True
 
 
 def fetch_archive(archive: Archive, root: Path, *, checksum: str | None = None, keep_archive: bool = False,
@@ -325,8 +404,11 @@ def fetch_archive(archive: Archive, root: Path, *, checksum: str | None = None, 
                   log=print) -> bool:
     """Make ``root/archive.provides`` exist: download, verify, unpack. False if it already did."""
     root = Path(root)
+    if archive.notice:
+        log(f"{archive.name}: {archive.notice}")
     if is_installed(root, archive):
-        log(f"{archive.name}: {root / archive.provides} is present, nothing to do")
+        where = ", ".join(str(root / t) for t in archive.targets)
+        log(f"{archive.name}: {where} {'is' if len(archive.targets) == 1 else 'are'} present, nothing to do")
         return False
     expected = checksum or (f"sha256:{archive.sha256}" if archive.sha256 else None)
     dest = root / archive.name
@@ -338,12 +420,23 @@ def fetch_archive(archive: Archive, root: Path, *, checksum: str | None = None, 
     if not expected:
         log(f"{archive.name}: no published checksum to verify against; sha256 {sha} (recorded)")
     log(f"{archive.name}: unpacking into {root}")
-    unpack(dest, root)
+    if archive.members:
+        # a folder already there (e.g. BSD200 as PNGs) is kept as it is, not merged into
+        todo = [(src, dst) for src, dst in archive.members
+                if not ((root / dst).is_dir() and any((root / dst).iterdir()))]
+        counts = unpack_members(dest, root, todo)
+        for (src, dst), n in zip(todo, counts.values()):
+            log(f"{archive.name}: {n} images from {src} -> {root / dst} (stored as in the archive)")
+    else:
+        unpack(dest, root)
     if not is_installed(root, archive):
+        missing = [t for t in archive.targets if not (root / t).is_dir()]
         raise WorkbenchError(f"{dest}: unpacked, but it did not contain the expected folder "
-                             f"{archive.provides}")
+                             f"{', '.join(missing) or archive.provides}")
     record = {"archive": archive.name, "url": archive.url, "sha256": sha,
               "verified": bool(expected), "provides": archive.provides}
+    if archive.members:
+        record["folders"] = list(archive.targets)
     from workbench.artifacts import atomic_write_json
 
     atomic_write_json(_record_path(root, archive), record)

@@ -95,6 +95,28 @@ def find_training_pairs(root: Path, *, layout: str, scale: int) -> tuple[list[Pa
     return hr_files, _match_lr(root, layout, hr_files, lr_dir, scale)
 
 
+def exclude_files(hr_files: Sequence[Path], lr_files: Sequence[Path] | None, patterns: Sequence[str], *,
+                  root: Path | str = "") -> tuple[list[Path], list[Path] | None]:
+    """``hr_files`` (and their ``lr_files``) without those whose name or stem matches one of the
+    shell ``patterns`` (``302003.png``, ``302003``, ``30*``). A pattern that matches no file is an
+    error: a typo must not let the image it meant back in."""
+    import fnmatch
+
+    keep = []
+    used = [False] * len(patterns)
+    for k, path in enumerate(hr_files):
+        hit = False
+        for j, pattern in enumerate(patterns):
+            if fnmatch.fnmatchcase(path.name, pattern) or fnmatch.fnmatchcase(path.stem, pattern):
+                used[j] = hit = True
+        if not hit:
+            keep.append(k)
+    for j, pattern in enumerate(patterns):
+        if not used[j]:
+            raise WorkbenchError(f"exclude[{j}]: {pattern!r} matches no image{f' in {root}' if root else ''}")
+    return [hr_files[k] for k in keep], ([lr_files[k] for k in keep] if lr_files is not None else None)
+
+
 def _to_tensor(patch: np.ndarray) -> torch.Tensor:
     """uint8 (h, w, 3) -> float32 (3, h, w) on the 0..255 scale."""
     return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))).to(torch.float32)

@@ -30,8 +30,9 @@ class SensitivityConfig:
 
     ratios: list[float] = field(default_factory=_default_ratios, metadata={
         "help": "fractions of each group's channels to remove, each in (0, 1)"})
-    criterion: str = field(default="l1", metadata={"help": "channel importance criterion",
-                                                   "choices": CRITERIA})
+    criterion: str = field(default="output", metadata={
+        "help": "channel importance criterion (output: the measured output change; filter norms "
+                "misjudge trained SR weights' stem group)", "choices": CRITERIA})
     groups: list[str] | None = field(default=None, metadata={
         "help": "shell patterns of the groups to analyse (default: every group)"})
     set: str | None = field(default=None, metadata={
@@ -101,8 +102,9 @@ class SFPConfig(TrainingConfig):
         "help": "target widths per group name or shell pattern, e.g. {block2.mid1: 40}"})
     mask_every: int | None = field(default=None, metadata={
         "help": "iterations between masks (an SFP 'epoch'; default: one pass over the data)", "min": 1})
-    criterion: str = field(default="l2", metadata={"help": "filter ranking criterion",
-                                                   "choices": CRITERIA})
+    criterion: str = field(default="output", metadata={
+        "help": "filter ranking criterion (output by default; l2 is classic SFP, but on trained SR "
+                "weights a filter norm can rank an image-carrying channel lowest)", "choices": CRITERIA})
     reset_moments: bool = field(default=True, metadata={
         "help": "also zero Adam's moments of the zeroed filters"})
 
@@ -184,8 +186,8 @@ class PruneConfig:
     trunk: int | None = field(default=None, metadata={"help": "width of every trunk group", "min": 1})
     targets: dict[str, int] | None = field(default=None, metadata={
         "help": "target widths per group name or shell pattern"})
-    criterion: str = field(default="l1", metadata={"help": "channel importance criterion",
-                                                   "choices": CRITERIA})
+    criterion: str = field(default="output", metadata={"help": "channel importance criterion",
+                                                       "choices": CRITERIA})
     keep_blocks: list[int] | None = field(default=None, metadata={
         "help": "keep only these blocks (1-based, increasing), e.g. [1, 2, 3, 5]; the last kept block "
                 "feeds conv_2 (a fine-tune must follow)"})

@@ -99,7 +99,10 @@ def _sha(*parts: Any) -> str:
 def stage_fingerprints(recipe: Recipe) -> list[str]:
     """One fingerprint per stage: its config chained with everything upstream of it."""
     res = recipe.resolved
-    chain = _sha(res.get("model"), res.get("scale"), res.get("seed"), (res.get("data") or {}).get("train"))
+    # an empty exclude list is left out, so fingerprints of runs made before it existed still hold
+    train = [{k: v for k, v in s.items() if not (k == "exclude" and not v)} if isinstance(s, dict) else s
+             for s in ((res.get("data") or {}).get("train") or [])]
+    chain = _sha(res.get("model"), res.get("scale"), res.get("seed"), train)
     val = (res.get("data") or {}).get("val")
     out = []
     for plan in recipe.stages:

@@ -471,7 +471,8 @@ def _model_scale(model: Any, problems: list[str], *, check_paths: bool) -> int |
 
 
 def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) -> None:
-    from workbench.data.training import find_training_pairs, sample_images_dir
+    from workbench.data.training import sample_images_dir
+    from workbench.recipes.stage_utils import training_files
 
     for i, source in enumerate(config.data.train):
         path = f"data.train[{i}]"
@@ -479,7 +480,7 @@ def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) ->
             if source.layout == "samples":
                 sample_images_dir()
             elif scale is not None and Path(source.root).is_dir():
-                find_training_pairs(Path(source.root), layout=source.layout, scale=scale)
+                training_files([source], scale=scale)
         except WorkbenchError as exc:
             problems.append(f"{path}: {exc}")
     from workbench.data import benchmark
@@ -494,6 +495,72 @@ def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) ->
         where = f" under {root}" if root else ""
         problems.append(f"data.val.sets[{i}]: no data set {name!r}{where} (embedded: "
                         f"{', '.join(getattr(benchmark, 'EMBEDDED_SETS', ('Set5',)))})")
+
+
+def _eval_refs(config: RecipeConfig, plans: Sequence[StagePlan]) -> list[tuple[str, str | None]]:
+    """Every (set, root) the recipe evaluates or validates on: data.val.sets and, per stage, a
+    ``sets`` list, a ``set`` or an ``eval_set`` field (found in the stage's ``root`` when it has
+    one, else in data.val.root). Stage types added later are covered when they name their sets
+    with these fields."""
+    val = config.data.val
+    refs = [(name, val.root) for name in val.sets]
+    for plan in plans:
+        cfg = plan.config
+        own_root = getattr(cfg, "root", None)
+        root = own_root if isinstance(own_root, str) else val.root
+        names = [n for n in (getattr(cfg, "sets", None) or []) if isinstance(n, str)]
+        names += [v for v in (getattr(cfg, "set", None), getattr(cfg, "eval_set", None)) if isinstance(v, str)]
+        refs += [(name, root) for name in names]
+    return list(dict.fromkeys(refs))
+
+
+def _train_refs(config: RecipeConfig, plans: Sequence[StagePlan]) -> list[tuple[str, Any]]:
+    """(YAML path, source) of every training source: data.train and the stages' own ``data``."""
+    refs = [(f"data.train[{i}]", s) for i, s in enumerate(config.data.train)]
+    for plan in plans:
+        sources = getattr(plan.config, "data", None)
+        if isinstance(sources, list):
+            refs += [(f"{plan.label}.data[{i}]", s) for i, s in enumerate(sources)]
+    return refs
+
+
+def _check_leakage(config: RecipeConfig, plans: Sequence[StagePlan], scale: int,
+                   problems: list[str]) -> None:
+    """A training image that copies an image of an evaluation or validation set is a problem
+    (``data.leakage: error``) or a logged warning (``warn``); see :mod:`workbench.data.leakage`."""
+    import logging
+
+    from workbench.data.leakage import SignatureCache, check_leakage, default_cache_path, leak_message, set_hr_files
+    from workbench.recipes.stage_utils import training_files
+
+    if config.data.leakage == "off":
+        return
+    trains = _train_refs(config, plans)
+    if not trains:
+        return
+    eval_files: list[Path] = []
+    for name, root in _eval_refs(config, plans):
+        try:
+            eval_files += set_hr_files(name, scale, data_root=root)
+        except WorkbenchError:
+            continue  # a set that does not resolve is reported where the set is used
+    if not eval_files:
+        return
+    with SignatureCache(default_cache_path()) as cache:
+        for path, source in trains:
+            try:
+                hr, _ = training_files([source], scale=scale)
+            except WorkbenchError:
+                continue  # reported by the data checks
+            matches = check_leakage(hr, eval_files, cache=cache)
+            if not matches:
+                continue
+            remedy = "training on it anyway (data.leakage: warn)" if config.data.leakage == "warn" else None
+            message = f"{path}: {leak_message(matches, remedy=remedy)}"
+            if config.data.leakage == "error":
+                problems.append(message)
+            else:
+                logging.getLogger("workbench.recipes").warning("warning: %s", message)
 
 
 # -- the loader ---------------------------------------------------------------------------------
@@ -586,6 +653,8 @@ def parse_recipe(raw: Any, *, source: object = "recipe", smoke: bool = False,
                     problems.append(_attach(label, message, [f.name for f in dataclasses.fields(cfg)]))
             resolved = {"id": sid, "stage": stype, **to_plain(cfg)}
             plans.append(StagePlan(index=i, id=str(sid), type=stype, config=cfg, resolved=resolved))
+        if check_paths and not problems and config is not _INVALID and scale is not None:
+            _check_leakage(config, plans, int(scale), problems)
     finally:
         _CHECK_PATHS[0] = True
 

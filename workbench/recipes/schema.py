@@ -13,6 +13,7 @@ A recipe file::
         - {root: datasets/DIV2K, layout: div2k}
         - {root: datasets/Flickr2K, layout: flickr2k}
       val: {sets: [Set5], root: null}   # root null: the embedded Set5
+      leakage: error                    # refuse training images that copy an evaluation image
     stages:
       - {id: train, stage: train, iterations: 1000}
     smoke:                              # merged over the recipe by --smoke
@@ -47,6 +48,9 @@ class TrainSource:
     as_lr: bool = field(default=False, metadata={
         "help": "use the images themselves as LR inputs (no HR at the model's scale: a frozen teacher "
                 "supplies the target, so the stage's losses must all be distill)"})
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "HR image names or shell patterns to leave out (file name or stem, e.g. 302003.png, "
+                "'30*'); each must match an image"})
 
     def validate(self) -> list[str]:
         if self.as_lr and self.layout not in ("folder", "samples"):
@@ -71,6 +75,10 @@ class DataConfig:
     train: list[TrainSource] = field(default_factory=list, metadata={
         "help": "training sources (concatenated); needed by training stages"})
     val: ValConfig = field(default_factory=ValConfig, metadata={"help": "validation sets"})
+    leakage: str = field(default="error", metadata={
+        "help": "a training image identical or nearly identical to an image of an evaluation or "
+                "validation set the recipe uses: error (refuse to run), warn, or off (no check)",
+        "choices": ["error", "warn", "off"]})
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
     With ``with_lr_only`` a third list says, per file, whether its source is ``as_lr`` (the
     image itself is an LR input; only teacher-based losses can train on it).
     """
-    from workbench.data.training import find_training_pairs, sample_images_dir
+    from workbench.data.training import exclude_files, find_training_pairs, sample_images_dir
     from workbench.errors import WorkbenchError
 
     if not sources:
@@ -86,6 +86,8 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
         else:
             root, layout = Path(source.root), source.layout
         hr, lr = find_training_pairs(root, layout=layout, scale=scale)
+        if getattr(source, "exclude", None):
+            hr, lr = exclude_files(hr, lr, source.exclude, root=root)
         if source.limit is not None:
             hr = hr[:source.limit]
             lr = lr[:source.limit] if lr is not None else None
