@@ -480,7 +480,7 @@ def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) ->
             if source.layout == "samples":
                 sample_images_dir()
             elif scale is not None and Path(source.root).is_dir():
-                training_files([source], scale=scale)
+                training_files([source], scale=scale, with_lr_only=True)
         except WorkbenchError as exc:
             problems.append(f"{path}: {exc}")
     from workbench.data import benchmark
@@ -549,7 +549,7 @@ def _check_leakage(config: RecipeConfig, plans: Sequence[StagePlan], scale: int,
     with SignatureCache(default_cache_path()) as cache:
         for path, source in trains:
             try:
-                hr, _ = training_files([source], scale=scale)
+                hr = training_files([source], scale=scale, with_lr_only=True)[0]
             except WorkbenchError:
                 continue  # reported by the data checks
             matches = check_leakage(hr, eval_files, cache=cache)
