@@ -32,7 +32,7 @@ from workbench.errors import WorkbenchError
 __all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
            "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
            "device_name", "DTYPES", "spread", "hardware_id", "hardware_key", "cpu_flags",
-           "interleaved_times", "round_ratios"]
+           "interleaved_times", "round_ratios", "compare_latency"]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float32,
                                   "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -424,6 +424,35 @@ def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256
                 times.append(timer(lambda: m(x)))
     return {**_summary(times), "repeats": repeats, "warmup": warmup,
             **_record(dev, dt, used, input_shape, channels_last=channels_last, clock=clock)}
+
+
+def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int] = (1, 3, 256, 256),
+                    device: str | torch.device = "cpu", rounds: int = 20, warmup: int = 3,
+                    threads: int | None = None, clock: str = "wall",
+                    progress: bool = False) -> list[dict[str, Any]]:
+    """Several prepared models (e.g. :func:`workbench.deploy.prepare` results taking float32
+    input), timed interleaved in one run; one row per model with its latency statistics and
+    its per-round latency ratio to the *first* model (median, p10, p90), so two models or two
+    deploy modes are compared side by side under the same load."""
+    if not runners:
+        raise WorkbenchError("nothing to compare")
+    dev = _resolve(device)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(tuple(input_shape), generator=gen) * 255.0).to(dev)
+    first = next(iter(runners))
+    with num_threads(threads) as used:
+        times = interleaved_times({n: (lambda m=m: m(x)) for n, m in runners.items()}, device=dev,
+                                  rounds=rounds, warmup=warmup, clock=clock, progress=progress,
+                                  desc=f"{len(runners)} models interleaved")
+    ratios = round_ratios(times, first)
+    cond = _record(dev, torch.float32, used, input_shape, clock=clock)
+    rows = []
+    for name in runners:
+        r = spread(ratios[name])
+        rows.append({"name": name, **_summary(times[name]), "ratio": r["median"],
+                     "ratio_p10": r["p10"], "ratio_p90": r["p90"], "reference": first,
+                     "rounds": rounds, "warmup": warmup, **cond})
+    return rows
 
 
 def _lr_images(source: Any) -> list[tuple[str, np.ndarray]]:
