@@ -274,3 +274,14 @@ def test_stage_configs_take_a_deploy_mode():
     assert any("deploy" in p for p in SearchStageConfig(deploy="warp").validate())
     assert SensitivityConfig(deploy="channels_last").validate() == []
     assert any("deploy" in p for p in SensitivityConfig(deploy="warp").validate())
+
+
+def test_prune_apply_reports_latency_in_the_deploy_mode(tmp_path, capsys):
+    assert main(["prune", "apply", "--model", "rlfn_tiny_x2", "--widths", "trunk=6", "--out",
+                 str(tmp_path / "p"), "--latency", "--deploy", "channels_last", "--latency-shape",
+                 "1x3x24x24", "--latency-rounds", "2"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("latency")][0]
+    assert "deploy mode channels_last" in line and "2 interleaved pairs" in line
+    assert main(["prune", "apply", "--model", "rlfn_tiny_x2", "--widths", "trunk=6", "--out",
+                 str(tmp_path / "q"), "--latency", "--deploy", "cuda_graph"]) == 2
+    assert not (tmp_path / "q").exists()  # refused before writing anything
