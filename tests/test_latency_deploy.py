@@ -51,6 +51,22 @@ def test_hardware_key_tells_cpus_with_one_name_apart():
     assert profiling.hardware_key("cpu", cpuinfo="").startswith("cpu:")
 
 
+def test_hardware_key_of_a_gpu_names_driver_cuda_and_cudnn(monkeypatch):
+    from types import SimpleNamespace
+
+    props = SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(profiling, "_gpu_driver", lambda: "570.86")
+    key = profiling.hardware_key("cuda")
+    assert all(part in key for part in ("NVIDIA H200", "driver 570.86", "cuda 12.8", "cudnn 91002",
+                                        "sm9.0"))
+    monkeypatch.setattr(profiling, "_gpu_driver", lambda: "575.1")
+    assert profiling.hardware_key("cuda") != key
+
+
 def test_cache_key_holds_mode_and_exact_hardware(tmp_path, tiny_spec, monkeypatch):
     settings = LatencySettings(input_shape=(1, 3, 16, 16), repeats=2, warmup=1, threads=1,
                                isolate=False, cache_path=str(tmp_path / "lat.sqlite"))
