@@ -31,7 +31,10 @@ CPU-only machine.
 
 :func:`max_gray_diff` measures the largest difference in gray levels (after clamping and rounding
 to uint8) between a prepared model and fp32 eager on given images; :func:`check_deploy` raises if
-it exceeds a tolerance.
+it exceeds a tolerance. Reduced precision is judged by quality instead (:func:`judge_precision`:
+accepted when PSNR-Y on the validation set drops by at most 0.01 dB; the pixel difference is
+reported but does not decide). :func:`default_mode` names the mode latency is measured in when
+none is given: the device's fastest fp32 mode.
 """
 from __future__ import annotations
 
