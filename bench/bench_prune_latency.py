@@ -3,15 +3,16 @@
     python bench/bench_prune_latency.py                                  # rlfn_s_x4 vs trunk 46
     python bench/bench_prune_latency.py --pruned runs/prune46/03-finetune/artifact
     python bench/bench_prune_latency.py --widths trunk=32 --shape 1x3x256x256 --rounds 5
+    python bench/bench_prune_latency.py --deploy fused bf16       # each mode, both models
 
-Both models are timed in alternating rounds (each round: warm-up, then the median of --repeats
-forward passes), so a change in machine load hits both alike; the ratio of the medians over the
-rounds is the figure to quote. Also prints params and FLOPs (NTIRE counting).
+Both models are timed as deployed (--deploy; default the device's fastest fp32 mode, see
+workbench.deploy.default_mode), interleaved pass by pass (workbench.profiling.compare_latency),
+so a change in machine load hits both alike; the median of the per-round ratios (with p10-p90)
+is the figure to quote. Also prints params and FLOPs (NTIRE counting).
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criterion", default="l1")
     parser.add_argument("--shape", default="1x3x256x256")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="passes per round")
+    parser.add_argument("--deploy", nargs="+", default=None, metavar="MODE",
+                        help="deploy modes (default: the device's fastest fp32 mode)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from workbench.artifacts import load_model
     from workbench.commands.prune import parse_widths
-    from workbench.profiling import measure_latency, ntire_counts, parse_shape
+    from workbench.deploy import default_mode, prepare
+    from workbench.profiling import compare_latency, ntire_counts, parse_shape
     from workbench.prune.surgery import prune_to_widths
 
     shape = parse_shape(args.shape)
@@ -44,19 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pruned = prune_to_widths(original, parse_widths(args.widths), criterion=args.criterion)
     models = {"original": original, "pruned": pruned}
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            r = measure_latency(model, input_shape=shape, warmup=2, repeats=args.repeats)
-            times[name].append(r["median_ms"])
     for name, model in models.items():
         c = ntire_counts(model)
         print(f"{name:>8}: {model.spec.describe()[:60]:<60} params {c['params']:>8,}  "
-              f"FLOPs {c['flops_g']:6.2f} G  latency median {statistics.median(times[name]):8.1f} ms "
-              f"(rounds: {', '.join(f'{t:.0f}' for t in times[name])})")
-    ratio = statistics.median(p / o for p, o in zip(times["pruned"], times["original"]))
-    print(f"pruned / original latency on {'x'.join(map(str, shape))}, {torch.get_num_threads()} "
-          f"threads: {ratio:.3f} (median of per-round ratios)")
+              f"FLOPs {c['flops_g']:6.2f} G")
+    for mode in args.deploy or [default_mode("cpu")]:
+        runners = {n: prepare(m, mode=mode, example_shape=shape) for n, m in models.items()}
+        rows = compare_latency(runners, input_shape=shape, rounds=args.rounds * args.repeats,
+                               warmup=2)
+        o, p = rows
+        print(f"deploy mode {mode}, {'x'.join(map(str, shape))}, {o['threads']} threads: original "
+              f"{o['median_ms']:.1f} ms, pruned {p['median_ms']:.1f} ms; pruned / original "
+              f"{p['ratio']:.3f} (p10-p90 {p['ratio_p10']:.3f}-{p['ratio_p90']:.3f}, "
+              f"{p['rounds']} interleaved pairs)")
     return 0
 
 

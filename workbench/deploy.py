@@ -31,7 +31,10 @@ CPU-only machine.
 
 :func:`max_gray_diff` measures the largest difference in gray levels (after clamping and rounding
 to uint8) between a prepared model and fp32 eager on given images; :func:`check_deploy` raises if
-it exceeds a tolerance.
+it exceeds a tolerance. Reduced precision is judged by quality instead (:func:`judge_precision`:
+accepted when PSNR-Y on the validation set drops by at most 0.01 dB; the pixel difference is
+reported but does not decide). :func:`default_mode` names the mode latency is measured in when
+none is given: the device's fastest fp32 mode.
 """
 from __future__ import annotations
 
@@ -45,13 +48,18 @@ from torch import nn
 from workbench.errors import WorkbenchError
 
 __all__ = ["MODES", "CPU_MODES", "GPU_MODES", "Deployed", "prepare", "max_gray_diff",
-           "check_deploy", "available_modes", "RECOMMENDED"]
+           "check_deploy", "available_modes", "RECOMMENDED", "default_mode",
+           "reduced_precision_mode", "judge_precision", "PRECISION_DROP_DB", "fresh_compile"]
 
 CPU_MODES = ("eager", "channels_last", "fused", "compile", "bf16", "bf16_autocast")
 GPU_MODES = ("eager", "channels_last", "compile", "bf16", "bf16_autocast", "fp16", "cuda_graph")
 #: The fastest fp32 mode within one gray level, per device type (see bench/bench_deploy.py).
 RECOMMENDED = {"cpu": "fused", "cuda": "cuda_graph"}
 MODES = tuple(dict.fromkeys(CPU_MODES + GPU_MODES))
+#: Reduced-precision modes: accepted by PSNR (:func:`judge_precision`), not by gray levels.
+REDUCED_PRECISION = ("bf16", "bf16_autocast", "fp16")
+#: The most PSNR-Y (dB) a reduced precision may cost on the validation set to be accepted.
+PRECISION_DROP_DB = 0.01
 
 CL = torch.channels_last
 
@@ -59,6 +67,54 @@ CL = torch.channels_last
 def available_modes(device: str | torch.device = "cpu") -> tuple[str, ...]:
     """The modes that can run on ``device`` in this process."""
     return GPU_MODES if torch.device(device).type == "cuda" else CPU_MODES
+
+
+def default_mode(device: str | torch.device = "cpu", model: nn.Module | None = None) -> str:
+    """The deploy mode latency is measured in unless one is named: the fastest fp32 mode.
+
+    The rule: on a GPU ``cuda_graph`` (the fastest fp32 path, no per-model compile); on a CPU
+    ``fused`` for an RLFN (``model`` None means an RLFN) and ``channels_last`` for other models.
+    ``compile`` is not the CPU default although it can be a few percent faster than ``fused``
+    (243 vs 250 ms for rlfn_ntire_x4 in bench/bench_deploy.py): it costs 5-80 s of compiling
+    per model and input shape, which a search pays for every candidate. Name it
+    (``--deploy compile``) to time the compiled model; the search then compiles each
+    candidate afresh (:func:`fresh_compile`).
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return RECOMMENDED["cuda"]
+    return RECOMMENDED["cpu"] if model is None or _is_rlfn(model) else "channels_last"
+
+
+def reduced_precision_mode(device: str | torch.device = "cpu", *,
+                           cpuinfo: str | None = None) -> str | None:
+    """The reduced-precision mode worth judging on ``device``: ``fp16`` on a GPU, ``bf16`` on a
+    CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16 flags), else None (bf16 is
+    emulated and slower there). ``cpuinfo`` overrides /proc/cpuinfo (tests)."""
+    from workbench.profiling import cpu_flags
+
+    if torch.device(device).type == "cuda":
+        return "fp16"
+    flags = cpu_flags(cpuinfo)
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else None
+
+
+def fresh_compile(limit: int = 64) -> None:
+    """Forget every compiled graph and make room for ``limit`` more variants.
+
+    dynamo keeps one cache per code object: after ``recompile_limit`` (8) compiled variants of
+    one model class in a process it silently runs eager. A process that compiles one model
+    after another (a search's candidates) calls this before each, so every candidate is
+    timed compiled and old graphs do not pile up in memory.
+    """
+    import torch._dynamo as dynamo
+    import torch._dynamo.config as dynamo_config
+
+    dynamo.reset()
+    dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), int(limit))
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(
+            int(dynamo_config.accumulated_recompile_limit), 4 * int(limit))
 
 
 def check_mode(mode: str, device: str | torch.device) -> None:
@@ -372,3 +428,39 @@ def check_deploy(model: nn.Module, deployed: nn.Module, images: Iterable[Any], *
         raise WorkbenchError(f"deploy mode {mode!r} differs from fp32 eager by up to "
                              f"{result['max']} gray levels (> {tolerance}) on the given images")
     return result
+
+
+def judge_precision(model: nn.Module, mode: str, images: Any, *,
+                    device: str | torch.device = "cpu", scale: int | None = None,
+                    max_drop_db: float = PRECISION_DROP_DB, progress: bool = False) -> dict[str, Any]:
+    """Is reduced-precision ``mode`` good enough? Judged by quality, not by gray levels.
+
+    ``images`` is a PairedSet (or ImagePairs with ``lr``/``hr``). The model is scored (PSNR-Y,
+    paper protocol) in fp32 eager and in ``mode``; the mode is accepted when the mean PSNR-Y
+    drops by at most ``max_drop_db`` (0.01 dB). bf16 moves a few pixels by up to 6-7 gray
+    levels while costing 0.001-0.006 dB, so the largest pixel difference is reported
+    (``max_gray_diff``) but does not decide. Returns psnr_fp32, psnr_mode, drop, max_gray_diff,
+    accepted and the settings.
+    """
+    from workbench.evaluate import evaluate_set, resolve_device
+
+    dev = resolve_device(device)
+    pairs = list(getattr(images, "pairs", images))
+    if not pairs:
+        raise WorkbenchError("judge_precision: no validation images")
+    sc = int(scale or getattr(images, "scale", 0) or getattr(model, "scale", 0))
+
+    from workbench.data.benchmark import PairedSet
+
+    pset = PairedSet(name=str(getattr(images, "name", "validation")), scale=sc, root=None,
+                     pairs=pairs)
+    reference = prepare(model, device=dev, mode="eager", example_shape=None)
+    deployed = prepare(model, device=dev, mode=mode, example_shape=None)
+    base = evaluate_set(reference, pset, device=dev, progress=progress)
+    got = evaluate_set(deployed, pset, device=dev, progress=progress)
+    gray = max_gray_diff(model, deployed, pairs, device=dev)
+    drop = float(base.mean["psnr_y"] - got.mean["psnr_y"])
+    return {"mode": mode, "set": pset.name, "images": len(pairs),
+            "psnr_fp32": float(base.mean["psnr_y"]), "psnr_mode": float(got.mean["psnr_y"]),
+            "drop": drop, "max_drop_db": float(max_drop_db), "max_gray_diff": int(gray["max"]),
+            "accepted": bool(drop <= max_drop_db)}

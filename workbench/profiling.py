@@ -31,7 +31,8 @@ from workbench.errors import WorkbenchError
 
 __all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
            "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
-           "device_name", "DTYPES"]
+           "device_name", "DTYPES", "spread", "hardware_id", "hardware_key", "cpu_flags",
+           "interleaved_times", "round_ratios", "compare_latency"]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float32,
                                   "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -163,6 +164,100 @@ def device_name(device: torch.device | str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """The first processor's fields of a /proc/cpuinfo text (lower-case keys)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # end of the first processor's block
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def _read_cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (``avx512_bf16``, ``amx_bf16`` ...); empty where unknown."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    info = parse_cpuinfo(text or "")
+    return set((info.get("flags") or info.get("features") or "").split())
+
+
+def _gpu_driver() -> str:
+    with contextlib.suppress(OSError):
+        text = Path("/proc/driver/nvidia/version").read_text()
+        for word in text.split():
+            if word.count(".") >= 1 and word.replace(".", "").isdigit():
+                return word
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                                  "--format=csv,noheader"], capture_output=True, text=True,
+                                 timeout=20).stdout.strip().splitlines()
+            if out:
+                return out[0].strip()
+    return "unknown"
+
+
+def hardware_id(device: torch.device | str = "cpu", *, cpuinfo: str | None = None) -> dict[str, Any]:
+    """What identifies the hardware a latency belongs to, exactly.
+
+    A model name is not enough: under KVM two different AMD EPYCs both read "AMD EPYC", so a
+    CPU is identified by vendor, family, model, stepping and a hash of its feature flags (plus
+    the model name and the logical CPU count), read from /proc/cpuinfo (``cpuinfo`` overrides
+    the text, for tests); elsewhere by what :mod:`platform` knows. A GPU is identified by its
+    name, compute capability, memory, driver, CUDA and cuDNN versions.
+    """
+    import hashlib
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = dev.index or 0
+        props = torch.cuda.get_device_properties(index)
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        return {"kind": "cuda", "name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "memory_mb": int(props.total_memory // 2**20), "driver": _gpu_driver(),
+                "cuda": str(torch.version.cuda), "cudnn": str(cudnn)}
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    info = parse_cpuinfo(text or "")
+    flags = sorted(set((info.get("flags") or info.get("features") or "").split()))
+    out: dict[str, Any] = {"kind": "cpu", "cpus": os.cpu_count()}
+    if info:
+        out.update({"vendor": info.get("vendor_id") or info.get("cpu implementer", "?"),
+                    "family": info.get("cpu family") or info.get("cpu architecture", "?"),
+                    "model": info.get("model", "?"),
+                    "stepping": info.get("stepping") or info.get("cpu revision", "?"),
+                    "model_name": info.get("model name", "")})
+    else:
+        out.update({"vendor": platform.processor() or "?", "family": platform.machine() or "?",
+                    "model": platform.system() or "?", "stepping": "?", "model_name": ""})
+    out["flags_sha256"] = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:16]
+    return out
+
+
+def hardware_key(device: torch.device | str = "cpu", *, cpuinfo: str | None = None) -> str:
+    """:func:`hardware_id` as one string, for cache keys and records."""
+    hw = hardware_id(device, cpuinfo=cpuinfo)
+    if hw["kind"] == "cuda":
+        return (f"cuda:{hw['name']}|sm{hw['capability']}|{hw['memory_mb']}MB|driver {hw['driver']}"
+                f"|cuda {hw['cuda']}|cudnn {hw['cudnn']}")
+    return (f"cpu:{hw['vendor']}|family {hw['family']}|model {hw['model']}|stepping "
+            f"{hw['stepping']}|flags {hw['flags_sha256']}|{hw['model_name']}|x{hw['cpus']}")
+
+
 @contextlib.contextmanager
 def num_threads(threads: int | None) -> Iterator[int]:
     """Temporarily set torch's intra-op thread count (None: leave it); yields the count in use."""
@@ -184,10 +279,24 @@ def _resolve(device: str | torch.device | None) -> torch.device:
     return resolve_device(device)
 
 
+def spread(values: Sequence[float], suffix: str = "") -> dict[str, float]:
+    """The one definition of latency statistics in workbench (profile, sweeps, the search's
+    cache, sensitivity): median, p10/p25/p75/p90 (numpy's linear interpolation between order
+    statistics), the IQR (p75 - p25), mean, min and max of ``values``, each key + ``suffix``
+    (``"_ms"`` for times, ``""`` for ratios). Every caller computes its percentiles here, so a
+    "p90" means the same thing in a sweep CSV, a trial record and a sensitivity row."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        raise WorkbenchError("no timings to summarise")
+    p10, p25, p75, p90 = (float(v) for v in np.percentile(arr, [10, 25, 75, 90]))
+    out = {"median": float(np.median(arr)), "p10": p10, "p25": p25, "p75": p75, "p90": p90,
+           "iqr": p75 - p25, "mean": float(arr.mean()), "min": float(arr.min()),
+           "max": float(arr.max())}
+    return {k + suffix: v for k, v in out.items()}
+
+
 def _summary(times_ms: Sequence[float]) -> dict[str, float]:
-    arr = np.asarray(times_ms, dtype=np.float64)
-    return {"median_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
-            "mean_ms": float(arr.mean()), "min_ms": float(arr.min())}
+    return spread(times_ms, "_ms")
 
 
 CLOCKS = ("wall", "cpu")
@@ -225,6 +334,45 @@ class _Timer:
         return (self.now() - t0) * 1e3
 
 
+def interleaved_times(runners: dict[str, Callable[[], Any]], *, device: str | torch.device = "cpu",
+                      rounds: int = 10, warmup: int = 1, clock: str = "wall",
+                      progress: bool = False, desc: str = "latency") -> dict[str, list[float]]:
+    """Time several forward passes side by side: ``warmup`` untimed calls of each, then
+    ``rounds`` rounds that time every runner once, in order (A B C A B C ...).
+
+    A slow spell of a shared machine then hits every runner alike, so the per-round ratios
+    (:func:`round_ratios`) hold even when absolute times drift. Returns name -> times in ms.
+    """
+    from tqdm import tqdm
+
+    if rounds < 1 or warmup < 0:
+        raise WorkbenchError(f"rounds must be >= 1 and warmup >= 0 (got {rounds}, {warmup})")
+    dev = _resolve(device)
+    timer = _Timer(dev, clock)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    with torch.inference_mode():
+        for fn in runners.values():
+            for _ in range(warmup):
+                fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        with tqdm(total=rounds * len(runners), desc=desc, unit="run", disable=not progress,
+                  leave=False) as bar:
+            for _ in range(rounds):
+                for name, fn in runners.items():
+                    times[name].append(timer(fn))
+                    bar.update()
+    return times
+
+
+def round_ratios(times: dict[str, list[float]], reference: str) -> dict[str, list[float]]:
+    """Per-round latency ratios to ``reference`` (from :func:`interleaved_times`): the ratio of
+    two passes timed next to each other, whose spread shows how far the ratio can be trusted."""
+    ref = times[reference]
+    return {name: [t / r if r > 0 else float("nan") for t, r in zip(ts, ref)]
+            for name, ts in times.items()}
+
+
 def _prepared_copy(model: nn.Module, device: torch.device, dtype: torch.dtype,
                    channels_last: bool) -> nn.Module:
     if dtype == torch.float16 and device.type != "cuda":
@@ -239,7 +387,7 @@ def _prepared_copy(model: nn.Module, device: torch.device, dtype: torch.dtype,
 def _record(device: torch.device, dtype: torch.dtype, threads: int, input_shape: Sequence[int],
             **extra: Any) -> dict[str, Any]:
     return {"device": str(device), "device_name": device_name(device),
-            "dtype": str(dtype).replace("torch.", ""), "threads": threads,
+            "hardware": hardware_key(device), "dtype": str(dtype).replace("torch.", ""), "threads": threads,
             "torch": torch.__version__, "input_shape": list(input_shape), **extra}
 
 
@@ -276,6 +424,35 @@ def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256
                 times.append(timer(lambda: m(x)))
     return {**_summary(times), "repeats": repeats, "warmup": warmup,
             **_record(dev, dt, used, input_shape, channels_last=channels_last, clock=clock)}
+
+
+def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int] = (1, 3, 256, 256),
+                    device: str | torch.device = "cpu", rounds: int = 20, warmup: int = 3,
+                    threads: int | None = None, clock: str = "wall",
+                    progress: bool = False) -> list[dict[str, Any]]:
+    """Several prepared models (e.g. :func:`workbench.deploy.prepare` results taking float32
+    input), timed interleaved in one run; one row per model with its latency statistics and
+    its per-round latency ratio to the *first* model (median, p10, p90), so two models or two
+    deploy modes are compared side by side under the same load."""
+    if not runners:
+        raise WorkbenchError("nothing to compare")
+    dev = _resolve(device)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(tuple(input_shape), generator=gen) * 255.0).to(dev)
+    first = next(iter(runners))
+    with num_threads(threads) as used:
+        times = interleaved_times({n: (lambda m=m: m(x)) for n, m in runners.items()}, device=dev,
+                                  rounds=rounds, warmup=warmup, clock=clock, progress=progress,
+                                  desc=f"{len(runners)} models interleaved")
+    ratios = round_ratios(times, first)
+    cond = _record(dev, torch.float32, used, input_shape, clock=clock)
+    rows = []
+    for name in runners:
+        r = spread(ratios[name])
+        rows.append({"name": name, **_summary(times[name]), "ratio": r["median"],
+                     "ratio_p10": r["p10"], "ratio_p90": r["p90"], "reference": first,
+                     "rounds": rounds, "warmup": warmup, **cond})
+    return rows
 
 
 def _lr_images(source: Any) -> list[tuple[str, np.ndarray]]:
@@ -370,8 +547,6 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
     Returns one row per width: width, params, flops_g, median_ms, p90_ms, mean_ms, min_ms, and
     the measurement conditions.
     """
-    from tqdm import tqdm
-
     from workbench.models import build_model
 
     dev = _resolve(device)
@@ -400,19 +575,11 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
         x = x.contiguous(memory_format=torch.channels_last)
     if deploy_mode is not None:
         x = x.float()
-    times: dict[int, list[float]] = {w: [] for w in widths}
-    timer = _Timer(dev, clock)
-    with num_threads(threads) as used, torch.inference_mode():
-        for w in widths:
-            for _ in range(warmup):
-                models[w](x)
-        total = repeats * len(widths)
-        with tqdm(total=total, desc="width sweep", unit="run", disable=not progress) as bar:
-            for _ in range(repeats):
-                for w in widths:
-                    m = models[w]
-                    times[w].append(timer(lambda: m(x)))
-                    bar.update()
+    with num_threads(threads) as used:
+        by_name = interleaved_times({str(w): (lambda m=models[w]: m(x)) for w in widths},
+                                    device=dev, rounds=repeats, warmup=warmup, clock=clock,
+                                    progress=progress, desc="width sweep")
+    times = {w: by_name[str(w)] for w in widths}
     cond = _record(dev, dt, used, input_shape, channels_last=channels_last, include_mid=include_mid,
                    deploy_mode=deploy_mode, clock=clock)
     return [{**rows[w], **_summary(times[w]), "repeats": repeats, "warmup": warmup, **cond}

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deploy", default=None, metavar="MODE",
                         help="evaluate the model as prepared by workbench.deploy in MODE "
                              "(channels_last, fused, compile, bf16, ...) to check what deploying "
-                             "costs in quality")
+                             "costs in quality; a reduced precision (bf16, fp16) is judged against "
+                             "fp32: accepted when PSNR-Y drops by at most 0.01 dB on each set")
     parser.add_argument("--summary", action="store_true",
                         help="print only the set means, not one row per image")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         from workbench.deploy import check_mode, prepare
 
         check_mode(args.deploy, device)
+    from workbench.deploy import REDUCED_PRECISION, judge_precision
     sets = args.sets or ["Set5"]
     # Load every model first so that a bad file fails before any evaluation work.
     arts = [load_model(ref) for ref in args.model]
@@ -84,6 +86,19 @@ def run(args: argparse.Namespace) -> int:
               f"{sum(p.numel() for p in art.model.parameters()):,} params"
               + (f", deploy mode {args.deploy}" if args.deploy else ""))
         print(format_table(results, per_image=not args.summary))
+        precision = {}
+        if args.deploy in REDUCED_PRECISION:
+            from workbench.data.benchmark import load_set
+
+            for set_ref in sets:
+                pset = load_set(set_ref, art.spec.scale, data_root=args.data_root)
+                j = judge_precision(art.model, args.deploy, pset, device=device)
+                precision[j["set"]] = j
+                print(f"{args.deploy} vs fp32 on {j['set']}: PSNR-Y {j['psnr_mode']:.3f} vs "
+                      f"{j['psnr_fp32']:.3f} dB ({-j['drop']:+.4f} dB), max pixel difference "
+                      f"{j['max_gray_diff']} gray levels: "
+                      + ("accepted" if j["accepted"] else "REJECTED")
+                      + f" (limit {j['max_drop_db']:g} dB drop)")
         print()
         report["models"][label] = {
             "ref": str(ref), "path": str(art.path) if art.path else None,
@@ -93,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             "weights_sha256": art.weights_sha256,
             "sets": results_to_json(results),
         }
+        if precision:
+            report["models"][label]["precision"] = precision
     if args.out is not None:
         atomic_write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -19,8 +19,19 @@ random input of --input shape (CUDA events + synchronisation on GPU, perf_counte
 --sweep rebuilds the model with each trunk width of a range (random weights) and measures them
 interleaved, writing a CSV and a PNG plot: latency does not fall smoothly with width.
 
-Results record device, dtype, threads, torch version and input shape; --out writes them as JSON.
-On a shared machine, quote ratios measured in one run rather than absolute times.
+Latency is measured in a deploy mode (workbench.deploy), by default the device's fastest fp32
+mode (fused on CPU for an RLFN, cuda_graph on GPU); --deploy eager times the model as is (and is
+implied by --dtype bf16/fp16 or --channels-last).
+
+Several models and/or modes (--model A B ... --deploy M1 M2 ...) are timed interleaved in one run,
+every (model, mode) pair once per round, and each pair's latency ratio to the first pair is
+printed (median and p10-p90 of the per-round ratios): the side-by-side comparison to quote on a
+shared machine. --judge adds, for reduced-precision modes (bf16, fp16), the PSNR-Y drop versus
+fp32 on a validation set: accepted when at most 0.01 dB (the largest pixel difference is shown,
+but does not decide).
+
+Results record device, hardware, dtype, threads, torch version and input shape; --out writes
+them as JSON. On a shared machine, quote ratios measured in one run rather than absolute times.
 
 examples:
   workbench profile --model rlfn_ntire_x4
@@ -28,13 +39,15 @@ examples:
   workbench profile --model rlfn_s_x4 --ntire-folder ../shared/data/Set14/LR_bicubic/X4
   workbench profile --model rlfn_s_x4 --sweep 32:64:2 --sweep-dir sweep/
   workbench profile --model rlfn_ntire_x4 --deploy fused      # the deploy path's latency
+  workbench profile --model rlfn_ntire_x4 rlfn_s_x4 --deploy fused bf16 --judge --out cmp.json
   workbench profile --model rlfn_s_x4 --sweep 32:64:2 --threads 1 --clock cpu   # busy machine
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="REF",
-                        help="a name (rlfn_s_x4), a released .pth, or an artifact (file or folder)")
+    parser.add_argument("--model", required=True, nargs="+", metavar="REF",
+                        help="a name (rlfn_s_x4), a released .pth, or an artifact (file or folder); "
+                             "several are timed side by side")
     parser.add_argument("--input", default="1x3x256x256", metavar="NxCxHxW",
                         help="input shape for the counts and the latency (default 1x3x256x256)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -51,9 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--threads 1)")
     parser.add_argument("--channels-last", action="store_true",
                         help="time with channels_last memory format (model and input)")
-    parser.add_argument("--deploy", default=None, metavar="MODE",
-                        help="time the model prepared by workbench.deploy in MODE (channels_last, "
-                             "fused, compile, bf16, fp16, cuda_graph, ...) instead of as is")
+    parser.add_argument("--deploy", default=None, nargs="+", metavar="MODE",
+                        help="time the model prepared by workbench.deploy in MODE (eager, "
+                             "channels_last, fused, compile, bf16, fp16, cuda_graph, ...; default: "
+                             "the device's fastest fp32 mode); several are timed side by side")
+    parser.add_argument("--judge", nargs="?", const="Set5", default=None, metavar="SET",
+                        help="with several models/modes: judge each reduced-precision mode by the "
+                             "PSNR-Y drop vs fp32 on SET (default Set5; accepted at <= 0.01 dB)")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="folder holding the --judge set (default: the embedded Set5)")
     parser.add_argument("--no-latency", action="store_true", help="counts only")
     parser.add_argument("--ntire-folder", type=Path, default=None, metavar="DIR",
                         help="also time the NTIRE protocol: mean per-image time over DIR's images")
@@ -73,6 +92,112 @@ def _fmt_ms(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from workbench.errors import WorkbenchError
+
+    if len(args.model) > 1 or (args.deploy is not None and len(args.deploy) > 1):
+        return run_compare(args)
+    args.model = args.model[0]
+    if args.judge is not None:
+        raise WorkbenchError("--judge compares modes: give several --deploy modes (e.g. fused bf16)")
+    args.deploy = args.deploy[0] if args.deploy else None
+    return run_single(args)
+
+
+def _common_checks(args: argparse.Namespace):
+    from workbench.errors import WorkbenchError
+    from workbench.evaluate import resolve_device
+    from workbench.profiling import parse_shape
+
+    shape = parse_shape(args.input)
+    if args.repeats < 1 or args.warmup < 0:
+        raise WorkbenchError("--repeats must be >= 1 and --warmup >= 0")
+    return shape, resolve_device(args.device)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Every (model, mode) pair timed interleaved in one run; ratios to the first pair."""
+    from workbench.artifacts import atomic_write_json, environment, load_model
+    from workbench.commands.eval import _labels
+    from workbench.deploy import (REDUCED_PRECISION, check_mode, default_mode, fresh_compile,
+                                  judge_precision, prepare)
+    from workbench.errors import WorkbenchError
+    from workbench.profiling import compare_latency, ntire_counts
+
+    shape, device = _common_checks(args)
+    if args.sweep or args.ntire_folder is not None or args.no_latency:
+        raise WorkbenchError("--sweep, --ntire-folder and --no-latency profile one model in one "
+                             "mode; drop them when comparing several")
+    if args.dtype != "fp32" or args.channels_last:
+        raise WorkbenchError("comparing deploy modes: drop --dtype and --channels-last (a mode "
+                             "sets precision and memory format; use bf16, fp16 ...)")
+    arts = [load_model(ref) for ref in args.model]
+    for ref, art in zip(args.model, arts):
+        if shape[1] != art.spec.in_channels:
+            raise WorkbenchError(f"--input {args.input}: {ref} takes {art.spec.in_channels} "
+                                 f"channels, not {shape[1]}")
+    modes = list(args.deploy) if args.deploy else [default_mode(device)]
+    for mode in modes:
+        check_mode(mode, device)
+    labels = _labels(list(args.model))
+    if "compile" in modes:
+        fresh_compile(limit=2 * len(arts) + 8)
+    runners, meta = {}, {}
+    for label, ref, art in zip(labels, args.model, arts):
+        for mode in modes:
+            name = f"{label} [{mode}]"
+            runners[name] = prepare(art.model, device=device, mode=mode, example_shape=shape)
+            meta[name] = {"model": str(ref), "label": label, "deploy_mode": mode,
+                          "counts": ntire_counts(art.model, input_shape=shape)}
+    rows = compare_latency(runners, input_shape=shape, device=device, rounds=args.repeats,
+                           warmup=args.warmup, threads=args.threads, clock=args.clock,
+                           progress=True)
+    for row in rows:
+        row.update(meta[row["name"]])
+    judged = {}
+    if args.judge is not None:
+        from workbench.data.benchmark import load_set
+
+        for label, ref, art in zip(labels, args.model, arts):
+            pset = load_set(args.judge, art.spec.scale, data_root=args.data_root)
+            for mode in modes:
+                if mode in REDUCED_PRECISION:
+                    judged[f"{label} [{mode}]"] = judge_precision(art.model, mode, pset,
+                                                                  device=device)
+        for row in rows:
+            if row["name"] in judged:
+                row["precision"] = judged[row["name"]]
+    r0 = rows[0]
+    print(f"{len(rows)} (model, mode) pairs timed interleaved, {args.repeats} rounds after "
+          f"{args.warmup} warm-up, input {'x'.join(map(str, shape))}, on {r0['device']} "
+          f"({r0['device_name']}), {r0['threads']} threads, torch {r0['torch']}"
+          + (", CPU-time clock" if args.clock == "cpu" else ""))
+    width = max(len(r["name"]) for r in rows)
+    head = (f"  {'model [mode]':<{width}}  {'params':>9}  {'GFLOPs':>7}  {'median ms':>9}  "
+            f"{'p90 ms':>8}  {'x first':>7}  {'p10-p90':>11}")
+    if judged:
+        head += f"  {'PSNR vs fp32':>11}  {'max px':>6}  quality"
+    print(head)
+    for r in rows:
+        line = (f"  {r['name']:<{width}}  {r['counts']['params']:>9,}  {r['counts']['flops_g']:>7.2f}  "
+                f"{r['median_ms']:>9.2f}  {r['p90_ms']:>8.2f}  {r['ratio']:>6.3f}x  "
+                f"{r['ratio_p10']:>5.3f}-{r['ratio_p90']:<5.3f}")
+        if "precision" in r:
+            j = r["precision"]
+            line += (f"  {-j['drop']:>+8.4f} dB  {j['max_gray_diff']:>6}  "
+                     f"{'accepted' if j['accepted'] else 'REJECTED'} (<= {j['max_drop_db']:g} dB "
+                     f"on {j['set']})")
+        print(line)
+    print(f"  x first: per-round latency ratio to {r0['name']} (median; p10-p90 of the rounds)")
+    if args.out is not None:
+        atomic_write_json(args.out, {"command": "profile", "mode": "compare",
+                                     "models": [str(m) for m in args.model], "deploy_modes": modes,
+                                     "input_shape": list(shape), "rows": rows,
+                                     "environment": environment()})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_single(args: argparse.Namespace) -> int:
     from workbench.artifacts import atomic_write_json, environment, load_model
     from workbench.errors import WorkbenchError
     from workbench.evaluate import resolve_device
@@ -86,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         raise WorkbenchError("--repeats must be >= 1 and --warmup >= 0")
     widths = parse_range(args.sweep) if args.sweep else None
     device = resolve_device(args.device)
-    if args.deploy is not None:
+    if args.deploy is not None and args.deploy != "eager":
         from workbench.deploy import check_mode
 
         check_mode(args.deploy, device)
@@ -95,6 +220,12 @@ def run(args: argparse.Namespace) -> int:
                                  "--channels-last")
     art = load_model(args.model)
     model = art.model.eval()
+    if args.deploy is None and args.dtype == "fp32" and not args.channels_last:
+        from workbench.deploy import default_mode
+
+        args.deploy = default_mode(device, model)  # the fastest fp32 mode of this device
+    if args.deploy == "eager":
+        args.deploy = None  # as is: the model in --dtype and memory format, no preparation
     if shape[1] != art.spec.in_channels:
         raise WorkbenchError(f"--input {args.input}: the model takes {art.spec.in_channels} "
                              f"channels, not {shape[1]}")
@@ -117,14 +248,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_latency:
         lat = measure_latency(timed, input_shape=shape, warmup=args.warmup, repeats=args.repeats,
                               prepared=prepared, clock=args.clock, **common)
-        if prepared:
-            lat["deploy_mode"] = args.deploy
+        lat["deploy_mode"] = args.deploy if prepared else "eager"
         report["latency"] = lat
         print(f"  latency     {_fmt_ms(lat)}")
         print(f"              on {lat['device']} ({lat['device_name']}), {lat['dtype']}, "
               f"{lat['threads']} threads, torch {lat['torch']}"
               + (", channels_last" if args.channels_last else "")
-              + (f", deploy mode {args.deploy}" if prepared else "")
+              + (f", deploy mode {args.deploy}" if prepared else ", deploy mode eager (as is)")
               + (", CPU-time clock" if args.clock == "cpu" else ""))
     if args.ntire_folder is not None:
         nl = ntire_latency(timed, args.ntire_folder, warmup=args.warmup, progress=True,

@@ -54,6 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip the PSNR-Y check before and after on the embedded Set5")
     apply.add_argument("--out", required=True, type=Path, metavar="ARTIFACT",
                        help="artifact folder to write (replaced atomically if it exists)")
+    apply.add_argument("--latency", action="store_true",
+                       help="also time parent and pruned model side by side (interleaved) in "
+                            "--deploy mode and report the ratio")
+    apply.add_argument("--deploy", default=None, metavar="MODE",
+                       help="deploy mode of --latency (default: the fastest fp32 mode, fused on CPU)")
+    apply.add_argument("--latency-shape", default="1x3x256x256", metavar="NxCxHxW",
+                       help="input of --latency (default 1x3x256x256)")
+    apply.add_argument("--latency-rounds", type=int, default=10, metavar="N",
+                       help="interleaved (parent, pruned) pairs for --latency (default 10)")
 
 
 def parse_widths(items: list[str]) -> dict[str, int]:
@@ -104,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     from workbench.prune.surgery import prune_to_widths
 
     widths = parse_widths(args.widths)
+    if args.latency and args.deploy is not None:  # a bad mode fails before any work
+        from workbench.deploy import check_mode
+
+        check_mode(args.deploy, "cpu")
     before = sum(p.numel() for p in art.model.parameters())
     pruned = prune_to_widths(art.model, widths, criterion=args.criterion)
     after = sum(p.numel() for p in pruned.parameters())
@@ -129,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
                   + ("the output criterion may keep more" if args.criterion != "output"
                      else "narrow fewer channels, or fine-tune it (sfp / finetune stages)"),
                   file=sys.stderr)
+    if args.latency:
+        print(_latency_line(art.model, pruned, args))
     print(f"wrote {args.out}")
     return 0
 
@@ -144,3 +159,21 @@ def set5_psnr_y(model) -> float:
 
     return float(evaluate_set(model, load_set("Set5", model.spec.scale), device="cpu",
                               progress=False).mean["psnr_y"])
+
+
+def _latency_line(parent, pruned, args: argparse.Namespace) -> str:
+    """Parent and pruned model timed interleaved in one deploy mode: the ratio and its spread."""
+    from workbench.deploy import check_mode, default_mode, prepare
+    from workbench.profiling import compare_latency, parse_shape
+
+    shape = parse_shape(args.latency_shape)
+    if args.latency_rounds < 1:
+        raise WorkbenchError(f"--latency-rounds must be >= 1, got {args.latency_rounds}")
+    mode = args.deploy or default_mode("cpu", parent)
+    check_mode(mode, "cpu")
+    runners = {n: prepare(m, mode=mode, example_shape=shape)
+               for n, m in (("parent", parent), ("pruned", pruned))}
+    p = compare_latency(runners, input_shape=shape, rounds=args.latency_rounds, warmup=2)[1]
+    return (f"latency in deploy mode {mode} on {'x'.join(map(str, shape))}: pruned / parent "
+            f"{p['ratio']:.3f} (p10-p90 {p['ratio_p10']:.3f}-{p['ratio_p90']:.3f} over "
+            f"{p['rounds']} interleaved pairs; pruned median {p['median_ms']:.2f} ms)")

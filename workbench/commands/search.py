@@ -13,8 +13,9 @@ of blocks) for the best trade-off between PSNR and latency measured on this devi
 
 Each trial prunes the parent to the sampled widths by channel importance (it inherits the weights),
 fine-tunes it briefly (--finetune-iters, 0 allowed) and scores PSNR-Y on the validation set. Latency
-is measured on a randomly initialised model of the same widths, in a separate process, never while
-a search worker trains, as the median of repeats; it is cached per machine
+is measured on a randomly initialised model of the same widths, prepared in the deploy mode users
+run (--deploy; default the device's fastest fp32 mode: fused on CPU), in a separate process, never
+while a search worker trains, as the median of repeats; it is cached per machine
 (~/.cache/workbench/latency.sqlite), so a configuration is measured once across all studies.
 
 Objectives:
@@ -96,6 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LR input shape timed (default 1,3,256,256, the NTIRE setting)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="precision timed (default float32)")
+    parser.add_argument("--deploy", default=None, metavar="MODE",
+                        help="deploy mode the candidates are timed in (workbench.deploy: eager, "
+                             "channels_last, fused, compile, bf16, fp16, cuda_graph ...; default: "
+                             "the device's fastest fp32 mode, fused on CPU, cuda_graph on GPU); "
+                             "compile compiles every candidate afresh (seconds each)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="CPU threads for latency (default: torch's default, all cores)")
     parser.add_argument("--train-threads", type=int, metavar="T",
@@ -146,7 +152,7 @@ def job_from_args(args: argparse.Namespace) -> "object":
         latency=LatencySettings(device=args.device, input_shape=shape, dtype=args.dtype,
                                 threads=args.threads, warmup=args.warmup, repeats=args.repeats,
                                 ntire_folder=args.ntire_folder, cache_path=args.latency_cache,
-                                statistic=args.latency_stat),
+                                statistic=args.latency_stat, deploy=args.deploy),
         storage=args.storage, study_name=args.study_name, eval_set=args.eval_set,
         data_root=args.data_root, train_data=args.train_data, device=args.device, seed=args.seed,
         sampler=args.sampler, criterion=args.criterion, reference=args.reference,

@@ -19,9 +19,14 @@ the part of the network that changed is recomputed.
 Writes to --out: results.json, sensitivity.csv (every row), ranking.csv, plots/<group>.png,
 overview.png, ranking.png and TensorBoard events in tb/ (tensorboard --logdir OUT/tb).
 
+With --latency every pruned model is timed in a deploy mode (--deploy; default the device's
+fastest fp32 mode) in pairs interleaved with the unpruned model (A B A B ...), and tradeoff.png
+plots each cut's PSNR drop against the latency it saves (median and p10-p90 of the pair ratios).
+
 examples:
   workbench sensitivity --model rlfn_x4 --out sensitivity/rlfn_x4
   workbench sensitivity --model rlfn_s_x4 --groups 'block*.esa.*' --ratios 0.25 0.5 --no-latency
+  workbench sensitivity --model rlfn_s_x4 --latency --latency-shape 1,3,256,256 --deploy fused
 """
 
 
@@ -51,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-shape", default="1,3,128,128", metavar="N,C,H,W",
                         help="input shape for the latency measurement (default 1,3,128,128)")
     parser.add_argument("--latency-repeats", type=int, default=5, metavar="N",
-                        help="repeats per latency measurement (default 5)")
+                        help="pairs (baseline, pruned) timed interleaved per pruned model; the "
+                             "ratio's median and p10-p90 come from them (default 5)")
+    parser.add_argument("--deploy", default=None, metavar="MODE",
+                        help="deploy mode the latency is measured in (workbench.deploy: eager, "
+                             "channels_last, fused, compile, bf16 ...; default: the device's "
+                             "fastest fp32 mode, fused on CPU)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="where to run (default cpu)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result = analyze(art.model, pset, ratios=args.ratios, criterion=args.criterion,
                      groups=args.groups, latency=args.latency,
                      latency_shape=parse_shape(args.latency_shape),
-                     latency_repeats=args.latency_repeats, device=args.device,
+                     latency_repeats=args.latency_repeats, deploy=args.deploy, device=args.device,
                      use_cache=not args.no_cache, progress=not args.no_progress,
                      model_name=label)
     paths = write_outputs(result, out, plots=not args.no_plots)

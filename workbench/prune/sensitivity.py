@@ -5,6 +5,12 @@ coupled channels together) are removed physically with :func:`prune_to_widths`, 
 model is scored (Y-PSNR, paper protocol) on a validation set without any retraining. Each row
 records the PSNR drop, params and FLOPs (NTIRE counting) and, optionally, measured latency.
 
+Latency is measured in a named deploy mode (default the device's fastest fp32 mode,
+:func:`workbench.deploy.default_mode`), each pruned model *interleaved with the unpruned
+baseline* (A B A B ..., ``latency_repeats`` pairs): the per-pair ratio cancels the drift of a
+shared machine, and its spread (median, p10-p90, IQR) says whether a saving is real.
+:func:`write_outputs` draws the PSNR drop against the latency saved (``tradeoff.png``).
+
 Cost: a prune changes the network only from the first layer whose weights change onwards, so the
 activations in front of that layer are computed once per image from the unpruned model and reused
 (:class:`ActivationCache`). For each block ``i`` three points are cached: the block input (for its
@@ -30,6 +36,9 @@ from workbench.prune.importance import get_importance, group_scores, lowest
 from workbench.prune.surgery import prune_to_widths
 
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9)
+#: Latency columns of a row (None when latency is not measured).
+LATENCY_FIELDS = ("latency_ms", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90",
+                  "latency_ratio_iqr", "latency_saved_pct")
 
 
 # -- partial forward passes -----------------------------------------------------------------
@@ -218,6 +227,7 @@ class SensitivityResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     ranking: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
+    deploy_mode: str | None = None      # the mode latency was measured in (None: not measured)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,7 +247,9 @@ def rank_groups(rows: Sequence[dict[str, Any]], ratios: Sequence[float]) -> list
                         "mean_drop": float(np.mean([r["psnr_drop"] for r in group_rows])),
                         **drops,
                         "params_saved@0.5": half["params_saved"],
-                        "gflops_saved@0.5": half["gflops_saved"]})
+                        "gflops_saved@0.5": half["gflops_saved"],
+                        **({"latency_saved_pct@0.5": half["latency_saved_pct"]}
+                           if half.get("latency_saved_pct") is not None else {})})
     ranking.sort(key=lambda r: (r["mean_drop"], r["group"]))
     for i, r in enumerate(ranking, start=1):
         r["rank"] = i
@@ -247,7 +259,8 @@ def rank_groups(rows: Sequence[dict[str, Any]], ratios: Sequence[float]) -> list
 def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
             criterion: str = "l1", groups: Iterable[str] | None = None,
             latency: bool = False, latency_shape: Sequence[int] = (1, 3, 128, 128),
-            latency_repeats: int = 5, device: str | torch.device = "cpu",
+            latency_repeats: int = 5, deploy: str | None = None,
+            device: str | torch.device = "cpu",
             use_cache: bool = True, progress: bool = True, model_name: str = "model",
             on_row: Callable[[dict[str, Any]], None] | None = None) -> SensitivityResult:
     """Prune each selected group at each ratio one-shot and score it on ``pset`` (no retraining).
@@ -256,11 +269,16 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     forward pass from the input (the benchmark's reference). ``latency`` measures each pruned
     model on a random ``latency_shape`` input (median of ``latency_repeats``; models that run the
     same convolutions share one measurement). ``on_row`` is called with each row as it is made.
+
+    Latency: each distinct pruned model is prepared in deploy mode ``deploy`` (default
+    :func:`workbench.deploy.default_mode`) and timed in ``latency_repeats`` interleaved pairs
+    with the baseline (A B A B ...); a row holds the candidate's median ``latency_ms``, the
+    median per-pair ``latency_ratio`` with its p10/p90/IQR, and ``latency_saved_pct``.
     """
     from tqdm import tqdm
 
     from workbench.evaluate import resolve_device
-    from workbench.profiling import measure_latency, ntire_counts
+    from workbench.profiling import interleaved_times, ntire_counts, round_ratios, spread
 
     dev = resolve_device(device)
     get_importance(criterion)  # an unknown name fails before any work
@@ -283,22 +301,50 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     quick = fast_counts(model)
     counter = fast_counts if (quick["params"] == base_counts["params"] and
                               abs(quick["flops_g"] - base_counts["flops_g"]) < 1e-9) else ntire_counts
-    latency_memo: dict[tuple, float] = {}
+    latency_memo: dict[tuple, dict[str, Any]] = {}
     counts_memo: dict[tuple, dict[str, Any]] = {}
+    mode = None
+    base_times: list[float] = []
+    if latency:
+        from workbench.deploy import check_mode, default_mode, fresh_compile, prepare
 
-    def lat(m: torch.nn.Module) -> float | None:
+        if latency_repeats < 1:
+            raise WorkbenchError(f"latency_repeats must be >= 1, got {latency_repeats}")
+        mode = deploy or default_mode(dev, model)
+        check_mode(mode, dev)
+        if mode == "compile":  # the baseline stays compiled while every candidate compiles
+            fresh_compile(limit=len(names) * len(ratios) + 16)
+        shape = tuple(int(v) for v in latency_shape)
+        x_lat = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(dev)
+        base_dep = prepare(model, device=dev, mode=mode, example_shape=shape)
+        # the baseline's own figure when nothing else is measured: pairs with itself
+        base_times = list(interleaved_times({"base": lambda: base_dep(x_lat)}, device=dev,
+                                            rounds=latency_repeats, warmup=1)["base"])
+
+    def lat(m: torch.nn.Module) -> dict[str, Any]:
         if not latency:
-            return None
+            return {"latency_ms": None}
         key = _shape_key(m)
         if key not in latency_memo:
-            latency_memo[key] = float(measure_latency(m, input_shape=tuple(latency_shape),
-                                                      device=dev, warmup=1,
-                                                      repeats=latency_repeats)["median_ms"])
+            dep = prepare(m, device=dev, mode=mode, example_shape=shape)
+            times = interleaved_times({"base": lambda: base_dep(x_lat), "cut": lambda: dep(x_lat)},
+                                      device=dev, rounds=latency_repeats, warmup=1)
+            base_times.extend(times["base"])
+            ratio = spread(round_ratios(times, "base")["cut"])
+            latency_memo[key] = {"latency_ms": spread(times["cut"])["median"],
+                                 "latency_ratio": ratio["median"],
+                                 "latency_ratio_p10": ratio["p10"],
+                                 "latency_ratio_p90": ratio["p90"],
+                                 "latency_ratio_iqr": ratio["iqr"],
+                                 "latency_saved_pct": 100.0 * (1.0 - ratio["median"]),
+                                 "latency_pairs": latency_repeats}
         return latency_memo[key]
 
     baseline = {"psnr_y": base_psnr, "params": base_counts["params"],
-                "flops_g": base_counts["flops_g"], "latency_ms": lat(model),
-                "latency_shape": list(latency_shape) if latency else None}
+                "flops_g": base_counts["flops_g"],
+                "latency_ms": spread(base_times)["median"] if latency else None,
+                "latency_shape": list(latency_shape) if latency else None,
+                "deploy_mode": mode}
     t_cache = time.perf_counter() - t0
     jobs = [(n, r) for n in names for r in ratios]
     rows: list[dict[str, Any]] = []
@@ -328,35 +374,37 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
                 counts_memo[skey] = counter(pruned)
             counts = counts_memo[skey]
             memo[key] = {"psnr_y": value, "params": counts["params"],
-                         "flops_g": counts["flops_g"], "latency_ms": lat(pruned)}
+                         "flops_g": counts["flops_g"], **lat(pruned)}
         m = memo[key]
         row = {"group": name, "kind": ginfo[name].kind, "block": ginfo[name].block,
                "width": width, "ratio": ratio, "kept": width - removed, "removed": removed,
                "psnr_y": m["psnr_y"], "psnr_drop": base_psnr - m["psnr_y"],
                "params": m["params"], "params_saved": baseline["params"] - m["params"],
                "flops_g": m["flops_g"], "gflops_saved": baseline["flops_g"] - m["flops_g"],
-               "latency_ms": m["latency_ms"],
-               "latency_ratio": (m["latency_ms"] / baseline["latency_ms"]
-                                 if latency and baseline["latency_ms"] else None)}
+               **{k: m.get(k) for k in LATENCY_FIELDS}}
         rows.append(row)
         bar.set_postfix_str(f"{name} {ratio:g}: {-row['psnr_drop']:+.3f} dB")
         if on_row is not None:
             on_row(row)
     bar.close()
+    if latency:  # the baseline figure over every pair it was part of
+        baseline["latency_ms"] = spread(base_times)["median"]
+        baseline["latency_runs"] = len(base_times)
     timing = {"total_s": time.perf_counter() - t0, "cache_s": t_cache, "prune_s": t_prune,
               "eval_s": t_eval, "evaluations": len(memo), "cached": use_cache,
               "latency_measurements": len(latency_memo),
+              "latency_pairs_per_model": latency_repeats if latency else 0,
               "counts": "ntire_counts" if counter is ntire_counts else "fast_counts (checked)"}
     return SensitivityResult(model=model_name, spec=spec.to_dict(),
                              set_name=str(getattr(pset, "name", "set")), criterion=criterion,
                              ratios=ratios, baseline=baseline, rows=rows,
-                             ranking=rank_groups(rows, ratios), timing=timing)
+                             ranking=rank_groups(rows, ratios), timing=timing, deploy_mode=mode)
 
 
 # -- outputs ----------------------------------------------------------------------------------
 
 ROW_FIELDS = ("group", "kind", "block", "width", "ratio", "kept", "removed", "psnr_y", "psnr_drop",
-              "params", "params_saved", "flops_g", "gflops_saved", "latency_ms", "latency_ratio")
+              "params", "params_saved", "flops_g", "gflops_saved") + LATENCY_FIELDS
 
 
 def _csv_text(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
@@ -451,6 +499,63 @@ def _plot_ranking(result: SensitivityResult):
     return fig
 
 
+def _frontier(points: Sequence[tuple[float, float, Any]]) -> list[Any]:
+    """Items of (saved, drop, item) that no other point beats (more saved for no more drop)."""
+    best: list[Any] = []
+    lowest_drop = float("inf")
+    for saved, drop, item in sorted(points, key=lambda p: (-p[0], p[1])):
+        if drop < lowest_drop:
+            best.append(item)
+            lowest_drop = drop
+    return best
+
+
+def _plot_tradeoff(result: SensitivityResult):
+    """PSNR drop against latency saved: one point per (group, ratio), what each cut buys.
+
+    Horizontal bars span the p10-p90 of the per-pair latency ratio; colours are group kinds.
+    Only the cuts no other beats (more latency saved for no more PSNR lost) are labelled
+    (``group->channels kept``), which keeps a 100-point plot readable.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.rows if r.get("latency_ratio") is not None]
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    colors = {k: f"C{i}" for i, k in enumerate(KIND_ORDER)}
+    for kind in KIND_ORDER:
+        sel = [r for r in rows if r["kind"] == kind]
+        if not sel:
+            continue
+        saved = np.array([100 * (1 - r["latency_ratio"]) for r in sel])
+        lo = saved - np.array([100 * (1 - r["latency_ratio_p90"]) for r in sel])
+        hi = np.array([100 * (1 - r["latency_ratio_p10"]) for r in sel]) - saved
+        ax.errorbar(saved, [r["psnr_drop"] for r in sel], xerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
+                    fmt="o", ms=4, capsize=2, elinewidth=0.7, alpha=0.8, color=colors[kind],
+                    label=kind)
+    for r in _frontier([(100 * (1 - r["latency_ratio"]), r["psnr_drop"], r) for r in rows]):
+        ax.annotate(f"{r['group']}->{r['kept']}", (100 * (1 - r["latency_ratio"]), r["psnr_drop"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7, color="0.25")
+    ax.axvline(0, color="0.5", lw=0.8, ls=":")
+    ax.set_yscale("symlog", linthresh=0.01)
+    drops = [r["psnr_drop"] for r in rows] or [0.0]
+    ax.set_ylim(min(drops + [0.0]) * 1.5 - 0.002, max(drops + [0.01]) * 1.5)
+    ax.set_xlabel(f"latency saved vs the unpruned model (%, median of "
+                  f"{result.timing.get('latency_pairs_per_model', '?')} interleaved pairs; bar: "
+                  "p10-p90)")
+    ax.set_ylabel("Y-PSNR drop (dB, symlog; no retraining)")
+    b = result.baseline
+    ax.set_title(f"What each cut buys: {result.model} on {result.set_name}, deploy mode "
+                 f"{result.deploy_mode}, input {'x'.join(map(str, b.get('latency_shape') or []))}, "
+                 f"baseline {b.get('latency_ms') or float('nan'):.2f} ms", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
                   tensorboard: bool = True, plots: bool = True) -> dict[str, Path]:
     """Write results.json, sensitivity.csv (every row), ranking.csv, one PNG per group under
@@ -480,6 +585,7 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
             writer.add_scalar(f"params/{row['group']}", row["params"], step)
             if row.get("latency_ms") is not None:
                 writer.add_scalar(f"latency_ms/{row['group']}", row["latency_ms"], step)
+                writer.add_scalar(f"latency_saved_pct/{row['group']}", row["latency_saved_pct"], step)
         for r in result.ranking:
             writer.add_scalar("mean_drop_by_rank", r["mean_drop"], r["rank"])
         paths["tensorboard"] = out / "tb"
@@ -494,9 +600,12 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
             if writer is not None:
                 writer.add_figure(f"group/{group}", fig)
             plt.close(fig)
-        for key, maker in (("overview", _plot_overview), ("ranking_plot", _plot_ranking)):
+        makers = [("overview", _plot_overview, "overview.png"),
+                  ("ranking_plot", _plot_ranking, "ranking.png")]
+        if any(r.get("latency_ratio") is not None for r in result.rows):
+            makers.append(("tradeoff", _plot_tradeoff, "tradeoff.png"))
+        for key, maker, fname in makers:
             fig = maker(result)
-            fname = "overview.png" if key == "overview" else "ranking.png"
             fig.savefig(out / fname)
             if writer is not None:
                 writer.add_figure(key, fig)
@@ -516,7 +625,16 @@ def format_ranking(result: SensitivityResult, *, top: int | None = None) -> str:
     lines = [f"{result.model} on {result.set_name}: baseline Y-PSNR {result.baseline['psnr_y']:.3f} dB, "
              f"{result.baseline['params']:,} params, {result.baseline['flops_g']:.2f} GFLOPs "
              f"(criterion {result.criterion}; drops in dB, no retraining)", head]
+    lat = result.baseline.get("latency_ms") is not None
+    if lat:
+        lines[1] += "  saved@0.5"
     for r in result.ranking[:top]:
         lines.append(f"{r['rank']:>4} {r['group']:<18} {r['width']:>5} {r['mean_drop']:>9.4f} "
-                     + " ".join(f"{r.get(c, float('nan')):>9.4f}" for c in ratio_cols))
+                     + " ".join(f"{r.get(c, float('nan')):>9.4f}" for c in ratio_cols)
+                     + (f"  {r.get('latency_saved_pct@0.5', float('nan')):>8.1f}%" if lat else ""))
+    if lat:
+        b = result.baseline
+        lines.append(f"latency in deploy mode {result.deploy_mode}: baseline {b['latency_ms']:.2f} ms "
+                     f"on {'x'.join(map(str, b['latency_shape']))}; saved@0.5 = latency saved when "
+                     f"half the group goes (median of interleaved pairs with the baseline)")
     return "\n".join(lines)

@@ -42,8 +42,11 @@ class SensitivityConfig:
     latency: bool = field(default=False, metadata={"help": "also measure each pruned model's latency"})
     latency_shape: list[int] = field(default_factory=lambda: [1, 3, 128, 128], metadata={
         "help": "input shape N, C, H, W of the latency measurement"})
-    latency_repeats: int = field(default=5, metadata={"help": "repeats per latency measurement",
-                                                      "min": 1})
+    latency_repeats: int = field(default=5, metadata={
+        "help": "(baseline, pruned) pairs timed interleaved per pruned model", "min": 1})
+    deploy: str | None = field(default=None, metadata={
+        "help": "deploy mode of the latency (eager, channels_last, fused, compile, bf16 ...; "
+                "default: the device's fastest fp32 mode, fused on CPU)"})
     plots: bool = field(default=True, metadata={"help": "write the PNG plots"})
 
     def validate(self) -> list[str]:
@@ -55,6 +58,11 @@ class SensitivityConfig:
                 problems.append(f"ratios[{i}]: must be in (0, 1), got {r:g}")
         if len(self.latency_shape) != 4 or min(self.latency_shape, default=0) < 1:
             problems.append(f"latency_shape: must be four positive sizes, got {self.latency_shape}")
+        if self.deploy is not None:
+            from workbench.deploy import MODES
+
+            if self.deploy not in MODES:
+                problems.append(f"deploy: unknown mode {self.deploy!r}; modes: {', '.join(MODES)}")
         return problems
 
 
@@ -77,7 +85,7 @@ def sensitivity_stage(cfg: SensitivityConfig, ctx: StageContext) -> StageResult:
     label = parent.path.name if parent.path is not None else str(ctx.model_ref)
     result = analyze(parent.model, pset, ratios=cfg.ratios, criterion=cfg.criterion,
                      groups=cfg.groups, latency=cfg.latency, latency_shape=cfg.latency_shape,
-                     latency_repeats=cfg.latency_repeats, device=ctx.device,
+                     latency_repeats=cfg.latency_repeats, deploy=cfg.deploy, device=ctx.device,
                      progress=ctx.progress, model_name=label)
     write_outputs(result, ctx.stage_dir, plots=cfg.plots)
     log.info("sensitivity of %s:\n%s", label, format_ranking(result, top=10))
@@ -85,6 +93,9 @@ def sensitivity_stage(cfg: SensitivityConfig, ctx: StageContext) -> StageResult:
     metrics = {"baseline_psnr_y": result.baseline["psnr_y"], "set": result.set_name,
                "most_redundant": top, "evaluations": result.timing["evaluations"],
                "seconds": result.timing["total_s"]}
+    if result.deploy_mode is not None:
+        metrics.update({"deploy_mode": result.deploy_mode,
+                        "baseline_latency_ms": result.baseline["latency_ms"]})
     return StageResult(artifact=None, metrics=metrics,
                        summary=f"{result.timing['evaluations']} one-shot prunes on {result.set_name}; "
                                f"most redundant: {', '.join(top[:3])}")

@@ -7,13 +7,22 @@ Why each part exists:
   every measurement holds an *exclusive* device lock that training holds *shared*
   (:class:`DeviceLock`): a measurement waits until no search worker on this machine is training,
   and training waits while a measurement runs. A turnstile keeps measurements from starving.
+- **The deployed model.** Each candidate is timed as it would be deployed: prepared by
+  :func:`workbench.deploy.prepare` in a named mode (``deploy``; default the fastest fp32 mode of
+  the device, :func:`workbench.deploy.default_mode`: ``fused`` on CPU, ``cuda_graph`` on GPU),
+  because the width/latency staircase of eager PyTorch is not that of the deployed path. In
+  ``compile`` mode each candidate is compiled afresh (:func:`workbench.deploy.fresh_compile`), so
+  dynamo's recompile limit never silently turns later candidates eager.
 - **Statistics.** Warm-up runs, device synchronisation (CUDA events on a GPU), the median and p90 of
-  the repeats (``workbench.profiling.measure_latency``), or the NTIRE protocol over a folder of full
-  images (``ntire_latency``).
+  the repeats (``workbench.profiling.measure_latency``; every percentile comes from
+  ``workbench.profiling.spread``), or the NTIRE protocol over a folder of full images
+  (``ntire_latency``).
 - **Weights do not matter.** Latency depends on the widths, not the values, so a randomly initialised
   model of the spec is timed; the cache key is the spec.
 - **Cache.** One SQLite file per machine (default ``~/.cache/workbench/latency.sqlite``; override with
-  ``WORKBENCH_LATENCY_CACHE`` or ``cache_path``), keyed by device name, spec key, input shape, dtype,
+  ``WORKBENCH_LATENCY_CACHE`` or ``cache_path``), keyed by the exact hardware
+  (:func:`workbench.profiling.hardware_key`: CPU vendor, family, model, stepping and a hash of
+  its flags; GPU name, driver, CUDA and cuDNN), deploy mode, spec key, input shape, dtype,
   threads, torch version and protocol, shared by every study and process (SQLite's own locking; a
   measurement re-checks the cache after taking the device lock, so two workers never measure the
   same configuration twice). A repeated configuration costs nothing.
@@ -26,7 +35,6 @@ import multiprocessing as mp
 import os
 import platform
 import sqlite3
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,22 +56,12 @@ def default_cache_path() -> Path:
 
 
 def device_name(device: str) -> str:
-    """A name that identifies the hardware a latency belongs to (the CPU model or the GPU)."""
-    if device.startswith("cuda"):
-        import torch
+    """What identifies the hardware a latency belongs to, exactly (the cache key's ``device``):
+    see :func:`workbench.profiling.hardware_key`. A CPU model name alone is not enough (two
+    different EPYCs both read "AMD EPYC" under KVM)."""
+    from workbench.profiling import hardware_key
 
-        index = int(device.split(":")[1]) if ":" in device else 0
-        return f"cuda:{torch.cuda.get_device_name(index)}"
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu:{model or platform.processor() or platform.machine()} x{os.cpu_count()}"
+    return hardware_key(device)
 
 
 def software_versions() -> dict[str, str]:
@@ -93,10 +91,27 @@ class LatencySettings:
     isolate: bool = True                # measure in a worker subprocess (False: in this process)
     statistic: str = "median"           # what the search optimises: median (default) or min of the
                                         # repeats (min resists other processes' load on a shared machine)
+    deploy: str | None = None           # deploy mode timed (workbench.deploy); None: the device's
+                                        # fastest fp32 mode (default_mode), or eager when dtype is not
+                                        # float32 (the model cast to dtype, as is)
 
     def __post_init__(self) -> None:
+        from workbench.deploy import MODES, available_modes, default_mode
+
         if self.dtype not in DTYPES:
             raise WorkbenchError(f"latency dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        mode = self.deploy
+        if mode is None:
+            mode = default_mode(self.device.split(":")[0]) if self.dtype == "float32" else "eager"
+        if mode not in MODES:
+            raise WorkbenchError(f"latency deploy mode {mode!r}: choose one of {', '.join(MODES)}")
+        if mode not in available_modes(self.device.split(":")[0]):
+            raise WorkbenchError(f"latency deploy mode {mode!r} needs a CUDA GPU; modes on "
+                                 f"{self.device}: {', '.join(available_modes('cpu'))}")
+        if self.dtype != "float32" and mode != "eager":
+            raise WorkbenchError(f"latency: deploy mode {mode!r} sets the precision itself; leave "
+                                 f"dtype at float32 (or use deploy: eager to time a cast model)")
+        object.__setattr__(self, "deploy", mode)
         if self.repeats < 1 or self.warmup < 0:
             raise WorkbenchError("latency: repeats must be >= 1 and warmup >= 0")
         if self.statistic not in ("median", "min"):
@@ -125,6 +140,7 @@ def cache_key_fields(spec: RLFNSpec, settings: LatencySettings, *, device: str |
     import torch
 
     return {"device": device or device_name(settings.device), "spec": spec_key(spec),
+            "deploy": settings.deploy,
             "input_shape": "x".join(map(str, settings.input_shape)), "dtype": settings.dtype,
             "threads": settings.resolved_threads() if not settings.device.startswith("cuda") else 0,
             "torch": torch.__version__, "protocol": settings.protocol()}
@@ -133,16 +149,19 @@ def cache_key_fields(spec: RLFNSpec, settings: LatencySettings, *, device: str |
 class LatencyCache:
     """Measured latencies in one SQLite file, safe to share between processes and studies."""
 
-    _COLUMNS = ("device", "spec", "input_shape", "dtype", "threads", "torch", "protocol")
+    _COLUMNS = ("device", "deploy", "spec", "input_shape", "dtype", "threads", "torch", "protocol")
+    #: v2: the exact hardware and the deploy mode are part of the key (v1 rows, keyed by a CPU
+    #: model name and timed eager, stay in the file's old table and are not read).
+    _TABLE = "latency_v2"
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.execute("""CREATE TABLE IF NOT EXISTS latency (
-                device TEXT, spec TEXT, input_shape TEXT, dtype TEXT, threads INTEGER, torch TEXT,
-                protocol TEXT, median_ms REAL, p90_ms REAL, record TEXT, measured_at REAL,
-                PRIMARY KEY (device, spec, input_shape, dtype, threads, torch, protocol))""")
+            db.execute(f"""CREATE TABLE IF NOT EXISTS {self._TABLE} (
+                device TEXT, deploy TEXT, spec TEXT, input_shape TEXT, dtype TEXT, threads INTEGER,
+                torch TEXT, protocol TEXT, median_ms REAL, p90_ms REAL, record TEXT, measured_at REAL,
+                PRIMARY KEY (device, deploy, spec, input_shape, dtype, threads, torch, protocol))""")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -159,24 +178,24 @@ class LatencyCache:
     def get(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
         where = " AND ".join(f"{c} = ?" for c in self._COLUMNS)
         with self._connect() as db:
-            row = db.execute(f"SELECT record FROM latency WHERE {where}",
+            row = db.execute(f"SELECT record FROM {self._TABLE} WHERE {where}",
                              [key[c] for c in self._COLUMNS]).fetchone()
         return json.loads(row[0]) if row else None
 
     def put(self, key: Mapping[str, Any], record: Mapping[str, Any]) -> None:
         with self._connect() as db:
-            db.execute(f"INSERT OR REPLACE INTO latency ({', '.join(self._COLUMNS)}, median_ms, p90_ms, "
+            db.execute(f"INSERT OR REPLACE INTO {self._TABLE} ({', '.join(self._COLUMNS)}, median_ms, p90_ms, "
                        f"record, measured_at) VALUES ({', '.join('?' * (len(self._COLUMNS) + 4))})",
                        [key[c] for c in self._COLUMNS] + [record.get("median_ms"), record.get("p90_ms"),
                                                           json.dumps(dict(record)), time.time()])
 
     def __len__(self) -> int:
         with self._connect() as db:
-            return int(db.execute("SELECT COUNT(*) FROM latency").fetchone()[0])
+            return int(db.execute(f"SELECT COUNT(*) FROM {self._TABLE}").fetchone()[0])
 
     def rows(self) -> list[dict[str, Any]]:
         with self._connect() as db:
-            cur = db.execute(f"SELECT {', '.join(self._COLUMNS)}, median_ms, p90_ms FROM latency")
+            cur = db.execute(f"SELECT {', '.join(self._COLUMNS)}, median_ms, p90_ms FROM {self._TABLE}")
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
@@ -230,103 +249,93 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def _fallback_measure(model, *, input_shape, device, dtype, warmup, repeats) -> dict[str, Any]:
-    """Median/p90 of ``repeats`` timed forward passes after ``warmup`` (CUDA events on a GPU).
+def timed_model(spec: RLFNSpec, settings: LatencySettings, *, fresh: bool = True):
+    """A randomly initialised model of ``spec`` as ``settings.deploy`` deploys it.
 
-    Used only where ``workbench.profiling`` is not importable.
+    Returns ``(model, prepared)``: in ``eager`` mode the bare model cast to ``settings.dtype``
+    (``prepared`` False), otherwise a :class:`workbench.deploy.Deployed` that takes float32.
+    ``compile`` starts from a clean dynamo state unless ``fresh`` is False (the caller then
+    makes room for several compiled models at once).
     """
     import torch
 
-    x = torch.rand(*input_shape, device=device, dtype=dtype) * 255
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            if str(device).startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize(device)
-                start.record()
-                model(x)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return {"median_ms": statistics.median(times),
-            "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
-            "mean_ms": statistics.fmean(times), "min_ms": times[0], "repeats": repeats, "warmup": warmup}
+    from workbench.deploy import fresh_compile, prepare
+    from workbench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    if settings.deploy == "eager":
+        return model.to(device=settings.device, dtype=_dtype(settings.dtype)), False
+    if settings.deploy == "compile" and fresh:
+        fresh_compile()
+    example = None if settings.ntire_folder else settings.input_shape
+    return prepare(model, device=settings.device, mode=settings.deploy, example_shape=example,
+                   warmup=False), True
 
 
 def measure_spec(spec: RLFNSpec, settings: LatencySettings) -> dict[str, Any]:
-    """Time a randomly initialised model of ``spec`` in this process, as ``settings`` says."""
+    """Time a randomly initialised model of ``spec`` in this process, as ``settings`` says
+    (in its deploy mode; see :func:`timed_model`)."""
     import torch
 
-    from workbench.models import build_model
+    from workbench.profiling import measure_latency, ntire_latency
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
-    torch.manual_seed(0)
-    dtype = _dtype(settings.dtype)
-    model = build_model(spec).eval().to(device=settings.device, dtype=dtype)
+    t0 = time.perf_counter()
+    model, prepared = timed_model(spec, settings)
+    prepare_s = time.perf_counter() - t0
+    dtype = _dtype(settings.dtype) if not prepared else torch.float32
     if settings.ntire_folder:
-        from workbench.profiling import ntire_latency
-
         result = dict(ntire_latency(model, settings.ntire_folder, device=settings.device, dtype=dtype,
-                                    warmup=settings.warmup, threads=settings.threads))
+                                    warmup=settings.warmup, threads=settings.threads,
+                                    prepared=True))
     else:
-        try:
-            from workbench.profiling import measure_latency
-        except ImportError:
-            measure_latency = None
-        if measure_latency is not None:
-            result = dict(measure_latency(model, input_shape=settings.input_shape, device=settings.device,
-                                          dtype=dtype, warmup=settings.warmup, repeats=settings.repeats,
-                                          threads=settings.threads))
-        else:
-            result = _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
-                                       dtype=dtype, warmup=settings.warmup, repeats=settings.repeats)
+        # compile's first call compiles: one extra untimed pass so warmup=0 still times it compiled
+        warmup = settings.warmup + (1 if settings.deploy == "compile" else 0)
+        result = dict(measure_latency(model, input_shape=settings.input_shape, device=settings.device,
+                                      dtype=dtype, warmup=warmup, repeats=settings.repeats,
+                                      threads=settings.threads, prepared=True))
+    result["deploy_mode"] = settings.deploy
+    result["prepare_s"] = prepare_s
     result["pid"] = os.getpid()  # shows which process measured (the isolated worker)
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, type(None), list))}
 
 
 def compare_specs(specs: Mapping[str, RLFNSpec], settings: LatencySettings, *, rounds: int = 5,
                   per_round: int | None = None) -> dict[str, dict[str, Any]]:
-    """Side-by-side latency of several specs: interleaved rounds in one process, medians per spec.
+    """Side-by-side latency of several specs in their deploy mode: interleaved rounds in one
+    process, medians per spec.
 
     Interleaving means a slow spell of a shared machine hits every model alike, so ratios hold
     even when absolute times do not. Each round times every model ``per_round`` times (default
-    ``max(3, repeats // rounds)``) and keeps that round's median.
+    ``max(3, repeats // rounds)``, alternating models pass by pass) and keeps that round's median.
     """
     import torch
 
-    from workbench.models import build_model
+    from workbench.deploy import fresh_compile
+    from workbench.profiling import interleaved_times, spread
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
-    dtype = _dtype(settings.dtype)
-    torch.manual_seed(0)
-    models = {n: build_model(s).eval().to(device=settings.device, dtype=dtype) for n, s in specs.items()}
-    times: dict[str, list[float]] = {n: [] for n in specs}
+    if settings.deploy == "compile":
+        fresh_compile(limit=2 * len(specs) + 8)  # every model compiled at once, none eager
+    models = {n: timed_model(s, settings, fresh=False) for n, s in specs.items()}
     per_round = per_round or max(3, settings.repeats // max(1, rounds))
-    for model in models.values():  # warm every model up before any timing
-        _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
-                          dtype=dtype, warmup=max(1, settings.warmup), repeats=1)
-    from tqdm import tqdm
-
-    bar = tqdm(total=rounds * len(models), desc=f"latency of {len(models)} configs, interleaved",
-               unit="run", disable=len(models) < 4, leave=False)
-    for _ in range(rounds):
-        for name, model in models.items():
-            r = _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
-                                  dtype=dtype, warmup=0, repeats=per_round)
-            times[name].append(r["median_ms"])
-            bar.update(1)
-    bar.close()
-    return {n: {"median_ms": statistics.median(t), "min_ms": min(t), "rounds": t} for n, t in times.items()}
+    gen = torch.Generator().manual_seed(0)
+    x32 = torch.rand(tuple(settings.input_shape), generator=gen) * 255
+    inputs = {n: (x32 if prepared else x32.to(dtype=_dtype(settings.dtype))).to(settings.device)
+              for n, (_, prepared) in models.items()}
+    runners = {n: (lambda m=m, x=inputs[n]: m(x)) for n, (m, _) in models.items()}
+    times = interleaved_times(runners, device=settings.device, rounds=rounds * per_round,
+                              warmup=max(1, settings.warmup), progress=len(models) >= 4,
+                              desc=f"latency of {len(models)} configs, interleaved")
+    out = {}
+    for name, ts in times.items():
+        round_medians = [spread(ts[i:i + per_round])["median"] for i in range(0, len(ts), per_round)]
+        out[name] = {**spread(round_medians, "_ms"), "rounds": round_medians,
+                     "deploy_mode": settings.deploy}
+    return out
 
 
 def _worker_main(conn, settings_dict: dict[str, Any]) -> None:
@@ -459,6 +468,8 @@ class LatencyMeasurer:
                 todo.setdefault(spec_key(spec), spec)
         if not todo:
             return 0
+        from workbench.profiling import spread
+
         if self.settings.ntire_folder:
             for spec in todo.values():
                 self.latency(spec)
@@ -468,10 +479,9 @@ class LatencyMeasurer:
             result = self._request("compare", {"specs": {k: s.to_dict() for k, s in todo.items()},
                                                "rounds": self.settings.repeats, "per_round": 1})
             for k, spec in todo.items():
-                times = sorted(result[k]["rounds"])
-                record = {"median_ms": statistics.median(times), "min_ms": times[0],
-                          "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
-                          "mean_ms": statistics.fmean(times), "repeats": len(times),
+                times = result[k]["rounds"]
+                record = {**spread(times, "_ms"), "repeats": len(times),
+                          "deploy_mode": self.settings.deploy,
                           "warmup": self.settings.warmup, "interleaved_with": len(todo),
                           **self.key(spec), "measured_at": time.time()}
                 self.cache.put(self.key(spec), record)

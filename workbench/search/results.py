@@ -224,7 +224,8 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
     md += "\nPareto front without the constraints\n\n" + markdown_table(front_rows(rows, feasible_only=False), attrs, best)
     atomic_write_bytes(out / "pareto.md", md.encode())
     title = (f"{job.study_name}: {sum(r.state == 'COMPLETE' for r in rows)} trials, objective "
-             f"{job.objective.objective}, fine-tune {job.finetune.iterations} it")
+             f"{job.objective.objective}, fine-tune {job.finetune.iterations} it, latency in deploy "
+             f"mode {job.latency.deploy}")
     front_all = front_rows(rows, feasible_only=False)
     write_csv(out / "pareto_unconstrained.csv", front_all, parent_latency=attrs.get("parent_latency_ms"))
     plot_front(out / "pareto.png", rows, front, attrs, best, title=title, front_all=front_all)
@@ -237,7 +238,8 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
                    "distinct_configs": len({r.spec_key for r in rows if r.spec_key})},
         "parent": {k[len("parent_"):]: v for k, v in attrs.items() if k.startswith("parent_")},
         "psnr_floor": attrs.get("psnr_floor"), "latency_budget_ms": attrs.get("latency_budget_ms"),
-        "device": attrs.get("device_name"), "versions": attrs.get("versions"),
+        "device": attrs.get("device_name"), "deploy_mode": attrs.get("deploy_mode"),
+        "versions": attrs.get("versions"),
         "front": [{"trial": r.number, "config": r.summary, "latency_ms": r.latency_ms, "psnr_y": r.psnr_y,
                    "params": r.params} for r in front],
         "front_unconstrained": [{"trial": r.number, "config": r.summary, "latency_ms": r.latency_ms,
@@ -273,7 +275,7 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
                 "ratio": side["best"]["median_ms"] / side["parent"]["median_ms"],
                 "ratio_min": side["best"].get("min_ms", 0) / side["parent"].get("min_ms", 1),
                 "rounds": compare_rounds, "input_shape": list(job.latency.input_shape),
-                "threads": job.latency.threads, "all": side,
+                "threads": job.latency.threads, "deploy_mode": job.latency.deploy, "all": side,
                 "note": "fresh interleaved measurement in one process (not from the cache)"}
             if "reference" in side:
                 summary["side_by_side"]["reference_ms"] = side["reference"]["median_ms"]
@@ -316,7 +318,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("selected: none (no feasible trial)")
     s = summary.get("side_by_side")
     if s:
-        lines.append(f"side by side: parent {s['parent_ms']:.1f} ms, selected {s['best_ms']:.1f} ms, "
+        lines.append(f"side by side ({s.get('deploy_mode', 'eager')}): parent {s['parent_ms']:.1f} ms, "
+                     f"selected {s['best_ms']:.1f} ms, "
                      f"ratio {s['ratio']:.3f} (min-based {s.get('ratio_min', float('nan')):.3f})"
                      + (f"; reference {s['reference_ms']:.1f} ms, ratio {s['reference_ratio']:.3f}"
                         if "reference_ms" in s else ""))

@@ -68,6 +68,9 @@ class SearchStageConfig:
         "help": "LR input shape timed (N, C, H, W)"})
     dtype: str = field(default="float32", metadata={"help": "precision timed",
                                                     "choices": ["float32", "float16", "bfloat16"]})
+    deploy: str | None = field(default=None, metadata={
+        "help": "deploy mode the candidates are timed in (eager, channels_last, fused, compile, bf16, "
+                "fp16, cuda_graph ...; default: the device's fastest fp32 mode, fused on CPU)"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for latency", "min": 1})
     train_threads: int | None = field(default=None, metadata={
         "help": "torch threads per worker for fine-tunes and evaluation (default: cores / workers)",
@@ -101,6 +104,11 @@ class SearchStageConfig:
             SearchSpace.from_strings(self.space, per_block=self.per_block)
         except WorkbenchError as exc:
             problems.append(f"space: {exc}")
+        if self.deploy is not None:
+            from workbench.deploy import MODES
+
+            if self.deploy not in MODES:
+                problems.append(f"deploy: unknown mode {self.deploy!r}; modes: {', '.join(MODES)}")
         try:
             ObjectiveConfig(objective=self.objective, latency_budget_ms=self.latency_budget_ms,
                             psnr_min=self.psnr_min, psnr_drop=self.psnr_drop)
@@ -149,7 +157,7 @@ def job_for_stage(cfg: SearchStageConfig, ctx: StageContext) -> Any:
         latency=LatencySettings(device=device, input_shape=tuple(cfg.input_shape), dtype=cfg.dtype,
                                 threads=cfg.threads, warmup=cfg.warmup, repeats=cfg.repeats,
                                 ntire_folder=cfg.ntire_folder, cache_path=cfg.latency_cache,
-                                statistic=cfg.latency_statistic),
+                                statistic=cfg.latency_statistic, deploy=cfg.deploy),
         storage=cfg.storage, study_name=cfg.study_name, eval_set=eval_set, data_root=data_root,
         train_files=train_files, train_lr_files=train_lr, device=device, seed=ctx.seed,
         sampler=cfg.sampler, criterion=cfg.criterion, reference=cfg.reference,

@@ -85,7 +85,7 @@ class SearchJob:
         return {"parent": self.parent, "criterion": self.criterion, "space": self.space.to_dict(), "objective": asdict(self.objective),
                 "finetune": asdict(self.finetune), "eval_set": self.eval_set,
                 "latency": {k: v for k, v in asdict(self.latency).items()
-                            if k in ("device", "input_shape", "dtype", "threads", "ntire_folder")}}
+                            if k in ("device", "input_shape", "dtype", "threads", "ntire_folder", "deploy")}}
 
 
 # -- storage -----------------------------------------------------------------------------------
@@ -278,7 +278,8 @@ def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, 
             "parent_psnr_y": psnr, "parent_latency_ms": _value(measurer, lat), "psnr_floor": floor,
             "latency_statistic": job.latency.statistic, "premeasured": premeasured,
             "latency_budget_ms": job.objective.latency_budget_ms, "objective": job.objective.objective,
-            "device_name": device_name(job.latency.device), "eval_set": job.eval_set,
+            "device_name": device_name(job.latency.device), "deploy_mode": job.latency.deploy,
+            "eval_set": job.eval_set,
             "versions": software_versions(), "created": time.time(),
         }
         if job.reference:
@@ -367,7 +368,7 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
     lat = measurer.latency(spec)
     latency_ms = _value(measurer, lat)
     trial.set_user_attr("latency_ms", latency_ms)
-    trial.set_user_attr("latency", {k: lat.get(k) for k in ("median_ms", "p90_ms", "min_ms", "device", "dtype",
+    trial.set_user_attr("latency", {k: lat.get(k) for k in ("median_ms", "p90_ms", "min_ms", "device", "deploy", "dtype",
                                                            "threads", "input_shape", "torch",
                                                            "protocol", "cached")})
     trial.set_user_attr("device", lat.get("device"))
