@@ -167,14 +167,30 @@ def _meta(model: RLFN, weights_sha: str, metrics: Mapping[str, Any] | None,
     }
 
 
+def is_artifact_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding a workbench artifact.json (what :func:`save_artifact` may replace)."""
+    meta_path = Path(path) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str, Any] | None = None,
                   lineage: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                  single_file: bool = False) -> Path:
+                  single_file: bool = False, force: bool = False) -> Path:
     """Write ``model`` (its spec and weights) and what is known about it, atomically.
 
-    ``single_file`` writes one ``.pt`` holding metadata and weights instead of a folder.
+    ``single_file`` writes one ``.pt`` holding metadata and weights instead of a folder. An
+    existing artifact folder at ``path`` is replaced; anything else there (a folder of other
+    files, a file) is refused with a WorkbenchError unless ``force``.
     """
     path = Path(path)
+    if not single_file and (path.exists() or path.is_symlink()) and not force and not is_artifact_folder(path):
+        what = "folder" if path.is_dir() else "file"
+        raise WorkbenchError(f"{path}: exists and is not a workbench artifact (a {what}); not "
+                             "replaced: choose another path, remove it, or pass --force")
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = torch_bytes(state)
     meta = _meta(model, sha256_bytes(weights), metrics, lineage, config)
@@ -197,7 +213,10 @@ def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str,
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
