@@ -305,8 +305,12 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         data = weights_path.read_bytes()
         state = _torch_load(weights_path, data)
         sha = sha256_bytes(data)
-        expected = meta.get("weights_sha256")
-        if expected and expected != sha:
+        expected = meta.get("weights_sha256") if isinstance(meta, Mapping) else None
+        if not isinstance(expected, str) or len(expected) != 64:
+            # Without the hash a changed or swapped model.pt would load unnoticed.
+            raise ArtifactError(meta_path, "no valid weights_sha256 (the SHA-256 of model.pt): the "
+                                           "weights cannot be verified, so the artifact is refused")
+        if expected != sha:
             raise ArtifactError(weights_path, "weights do not match the hash recorded in "
                                               f"{META_FILE} (file changed or corrupt)")
         return _from_meta(path, meta, state, sha)

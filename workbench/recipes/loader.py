@@ -561,7 +561,7 @@ def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) ->
     for i, name in enumerate(config.data.val.sets):
         if root is not None and (Path(root) / name).is_dir():
             continue
-        if Path(name).expanduser().is_dir() or name.lower() in embedded:
+        if Path(name).expanduser().is_dir() or (root is None and name.lower() in embedded):
             continue
         where = f" under {root}" if root else ""
         problems.append(f"data.val.sets[{i}]: no data set {_show(name)}{where} (embedded: "
