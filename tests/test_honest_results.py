@@ -55,3 +55,42 @@ def test_eval_with_a_missing_data_root_fails(tmp_path: Path, capsys) -> None:
     assert "Set5" in _one_line(capsys)
     # without --data-root the embedded Set5 is still the default
     assert main(["eval", "--model", "rlfn_tiny_x2", "--summary", "--no-progress"]) == 0
+
+
+# -- 6. released weights or an explicit random initialisation -----------------------------------
+
+def test_a_name_without_released_weights_is_refused(capsys) -> None:
+    from workbench.artifacts import load_model
+
+    with pytest.raises(WorkbenchError, match=r"rlfn_s_x3: no released weights at x3.*random:rlfn_s_x3"):
+        load_model("rlfn_s_x3")
+    assert main(["eval", "--model", "rlfn_s_x3", "--no-progress"]) == 2
+    assert "random:rlfn_s_x3" in _one_line(capsys)
+    art = load_model("random:rlfn_s_x3")            # asked for explicitly
+    assert art.spec.scale == 3 and art.lineage["source"] == "random initialisation"
+    assert load_model("rlfn_tiny_x2").lineage["source"] == "random initialisation"  # a test model
+    released = load_model("rlfn_s_x4")
+    assert released.lineage["source"] == "released checkpoint"
+
+
+def test_recipe_with_a_name_without_weights_is_invalid(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    recipe = {"model": "rlfn_x3", "stages": [{"id": "eval", "stage": "evaluate"}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) == 2
+    err = _one_line(capsys)
+    assert "model:" in err and "random:rlfn_x3" in err
+    recipe["model"] = "random:rlfn_x3"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) == 0
+
+
+def test_released_weights_missing_from_an_installation_are_an_error(tmp_path: Path, monkeypatch) -> None:
+    import workbench.models as models
+    from workbench.artifacts import load_model
+
+    monkeypatch.setattr(models, "checkpoint_dir", lambda: tmp_path)
+    with pytest.raises(WorkbenchError, match="rlfn_s_x4: released weights rlfn_s_x4.pth not found"):
+        load_model("rlfn_s_x4")

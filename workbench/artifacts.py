@@ -341,22 +341,22 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 def load_model(ref: str | os.PathLike) -> Artifact:
     """Resolve a model reference: an artifact or checkpoint path, or a name like ``rlfn_s_x4``.
 
-    A name loads the released weights when they exist; otherwise the model is randomly initialised
-    (useful for tiny test models, e.g. ``rlfn_tiny_x4``).
+    A name loads the released weights; a name without them is refused unless the random
+    initialisation is explicit: ``random:rlfn_s_x3``, or a tiny test model (``rlfn_tiny_x4``).
     """
+    from workbench.models import RANDOM_PREFIX, released_weights
+
     text = str(ref)
     candidate = Path(text)
     if candidate.exists() or os.sep in text or text.endswith((".pt", ".pth")):
         return load_artifact(candidate)
     try:
-        preset, scale = parse_model_name(text)
+        parse_model_name(text[len(RANDOM_PREFIX):] if text.startswith(RANDOM_PREFIX) else text)
     except WorkbenchError:
         raise WorkbenchError(f"{text}: no such file or folder, and not a model name "
-                             f"(e.g. rlfn_s_x4, rlfn_ntire_x4, rlfn_tiny_x4)") from None
-    from workbench.models import released_checkpoint
-
-    released = released_checkpoint(preset, scale)
-    if released is not None and released.exists():
+                             f"(e.g. rlfn_s_x4, rlfn_ntire_x4, rlfn_tiny_x4, random:rlfn_s_x3)") from None
+    released = released_weights(text)
+    if released is not None:
         art = load_artifact(released)
         art.lineage = {"source": "released checkpoint", "name": text, "file": str(released)}
         return art

@@ -527,19 +527,25 @@ def _model_scale(model: Any, problems: list[str], *, check_paths: bool) -> int |
         except WorkbenchError as exc:
             problems.append(f"model: {exc}")
             return None
-    try:
-        preset, scale = parse_model_name(model)
-        from workbench.models import PRESETS
+    from workbench.models import PRESETS, RANDOM_PREFIX, released_weights
 
-        PRESETS[preset].spec(scale)
-        return scale
-    except ValueError as exc:
-        problems.append(f"model: {_show(model)}: {exc}")
-        return None
+    try:
+        preset, scale = parse_model_name(model[len(RANDOM_PREFIX):] if model.startswith(RANDOM_PREFIX) else model)
     except WorkbenchError:
         problems.append(f"model: unknown model {_show(model)}{_did_you_mean(model, list_models())}; "
                         "give a name like rlfn_s_x4, an artifact path or widths")
         return None
+    try:
+        PRESETS[preset].spec(scale)
+    except ValueError as exc:
+        problems.append(f"model: {_show(model)}: {exc}")
+        return None
+    try:
+        released_weights(model, must_exist=check_paths)
+    except WorkbenchError as exc:
+        problems.append(f"model: {exc}")
+        return None
+    return scale
 
 
 def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) -> None:
