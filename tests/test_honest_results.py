@@ -94,3 +94,64 @@ def test_released_weights_missing_from_an_installation_are_an_error(tmp_path: Pa
     monkeypatch.setattr(models, "checkpoint_dir", lambda: tmp_path)
     with pytest.raises(WorkbenchError, match="rlfn_s_x4: released weights rlfn_s_x4.pth not found"):
         load_model("rlfn_s_x4")
+
+
+# -- 7. search: inputs checked before the first trial, failure when no trial completed -------------
+
+SEARCH = ["search", "--model", "rlfn_tiny_x2", "--trials", "2", "--space", "trunk=4:8:4",
+          "--input-shape", "1,3,16,16", "--repeats", "1", "--warmup", "0", "--compare-rounds", "0",
+          "--threads", "1", "--train-threads", "1", "--no-progress"]
+
+
+def _search(tmp_path: Path, *extra: str) -> int:
+    return main(SEARCH + ["--out", str(tmp_path / "out"), "--latency-cache", str(tmp_path / "lat.sqlite"),
+                          *extra])
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "patch7", "patch_small", "threads0",
+                                  "train_threads0"])
+def test_search_refuses_bad_inputs_before_any_trial(tmp_path: Path, capsys, case: str) -> None:
+    from conftest import make_smooth_images
+
+    images = make_smooth_images(tmp_path / "images", n=2, size=40, small=8, seed=0)
+    extra = ["--finetune-iters", "1", "--batch-size", "1", "--patch-size", "32", "--train-data", str(images)]
+    expect = {"missing": "does not exist", "empty": "no training images", "corrupt": "bad.png",
+              "patch7": "patch", "patch_small": "patch", "threads0": "--threads",
+              "train_threads0": "--train-threads"}[case]
+    if case == "missing":
+        extra[-1] = str(tmp_path / "nowhere")
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        extra[-1] = str(tmp_path / "empty")
+    elif case == "corrupt":
+        (images / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    elif case == "patch7":
+        extra[5] = "7"
+    elif case == "patch_small":
+        extra[5] = "16"            # LR 8x8 at x2: smaller than ESA needs
+    elif case == "threads0":
+        extra += ["--threads", "0"]
+    elif case == "train_threads0":
+        extra += ["--train-threads", "0"]
+    assert _search(tmp_path, *extra) == 2
+    err = _one_line(capsys)
+    assert expect in err, err
+    assert not (tmp_path / "out" / "study.db").exists()      # refused before any trial
+
+
+def test_search_where_every_trial_failed_exits_2(tmp_path: Path, capsys, monkeypatch) -> None:
+    from workbench.search import objective
+
+    def broken(self, model, *, seed):
+        raise RuntimeError("simulated failure inside the fine-tune")
+
+    monkeypatch.setattr(objective.DefaultEvaluator, "finetune", broken)
+    images = tmp_path / "images"
+    from conftest import make_smooth_images
+
+    make_smooth_images(images, n=2, size=40, small=8, seed=0)
+    rc = _search(tmp_path, "--finetune-iters", "1", "--batch-size", "1", "--patch-size", "32",
+                 "--train-data", str(images))
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no trial completed" in err[-1] and "simulated failure" in err[-1], err
