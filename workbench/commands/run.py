@@ -13,7 +13,10 @@ and one folder per stage (<NN>-<id>/: artifact/, metrics.json, log.txt, tb/, DON
 
 Rerunning the same command skips finished stages and resumes an interrupted one from its last
 periodic checkpoint (bitwise identical on CPU to an uninterrupted run). A stage whose settings
-changed (by editing the recipe or --set) is run again, with every stage after it.
+changed (by editing the recipe or --set) is run again, with every stage after it; their previous
+folders (artifacts included) are kept under RUN_DIR/stale/, like those of stages removed from the
+recipe. One run at a time per run folder: a second one stops at once, naming the first one's pid
+(RUN_DIR/run.lock). The default run folder is runs/<name>, so a recipe's name: is a plain name.
 
 Under `torchrun --nproc_per_node N -m workbench run RECIPE ...` the training stages use
 DistributedDataParallel (gloo on CPU, NCCL on GPU; batch_size is the global batch, split over the

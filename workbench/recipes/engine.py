@@ -4,6 +4,8 @@ Run folder layout::
 
     <run>/recipe.yaml          the resolved recipe (defaults filled in, --set/--smoke applied)
     <run>/recipe.sha256        its hash (recorded in every artifact's lineage)
+    <run>/run.lock             held by the run in progress (its pid inside)
+    <run>/stale/               earlier versions of changed or removed stages
     <run>/summary.json         per-stage metrics and times, rewritten after every stage
     <run>/model-init/          only when the recipe's model is given as widths (seeded random init)
     <run>/<NN>-<id>/
@@ -14,9 +16,13 @@ Run folder layout::
 
 A stage's *fingerprint* hashes its resolved config and the fingerprints of the stages before it
 (plus the model, seed and training data). On a rerun, a stage whose DONE marker carries the same
-fingerprint is skipped; a stage whose config (or any earlier stage's) changed is cleared and run
-again, and an unfinished stage with the same fingerprint resumes from its last checkpoint.
-``from_id`` clears that stage and every later one first.
+fingerprint is skipped; a stage whose config (or any earlier stage's) changed is moved to
+``<run>/stale/`` (nothing a run produced is deleted behind the user's back) and run again, and an
+unfinished stage with the same fingerprint resumes from its last checkpoint. ``from_id`` clears
+that stage and every later one first (asked for explicitly, so deleted).
+
+The run folder is locked for the whole run (``<run>/run.lock``), and every folder the engine
+writes, moves or deletes must stay inside it (a symbolic link out of it is refused).
 
 Under ``torchrun --nproc_per_node N -m workbench run ...`` the training stages run on every
 process (DistributedDataParallel); any other stage runs on rank 0 while the others wait. Only
