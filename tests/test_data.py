@@ -133,8 +133,9 @@ def test_data_root_takes_precedence_and_grayscale_set(shared_dir: Path) -> None:
     assert comic.hr.shape[:2] == (360, 249) and comic.lr.shape[:2] == (120, 83)
     s5 = load_set("Set5", 4, data_root=root)
     assert not s5.embedded and s5.root == root / "Set5"
-    s5_missing_root = load_set("Set5", 4, data_root=Path("/nonexistent-root"))
-    assert s5_missing_root.embedded
+    # a data root given is never silently replaced by the embedded copy
+    with pytest.raises(WorkbenchError, match="data root does not exist"):
+        load_set("Set5", 4, data_root=Path("/nonexistent-root"))
 
 
 def _benchmark_set(root: Path, names=("a", "b"), scale=2, size=(12, 16)) -> Path:

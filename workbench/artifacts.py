@@ -178,14 +178,30 @@ def _meta(model: RLFN, weights_sha: str, metrics: Mapping[str, Any] | None,
     }
 
 
+def is_artifact_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding a workbench artifact.json (what :func:`save_artifact` may replace)."""
+    meta_path = Path(path) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str, Any] | None = None,
                   lineage: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                  single_file: bool = False) -> Path:
+                  single_file: bool = False, force: bool = False) -> Path:
     """Write ``model`` (its spec and weights) and what is known about it, atomically.
 
-    ``single_file`` writes one ``.pt`` holding metadata and weights instead of a folder.
+    ``single_file`` writes one ``.pt`` holding metadata and weights instead of a folder. An
+    existing artifact folder at ``path`` is replaced; anything else there (a folder of other
+    files, a file) is refused with a WorkbenchError unless ``force``.
     """
     path = Path(path)
+    if not single_file and (path.exists() or path.is_symlink()) and not force and not is_artifact_folder(path):
+        what = "folder" if path.is_dir() else "file"
+        raise WorkbenchError(f"{path}: exists and is not a workbench artifact (a {what}); not "
+                             "replaced: choose another path, remove it, or pass --force")
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = torch_bytes(state)
     meta = _meta(model, sha256_bytes(weights), metrics, lineage, config)
@@ -208,7 +224,10 @@ def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str,
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -297,8 +316,12 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         data = weights_path.read_bytes()
         state = _torch_load(weights_path, data)
         sha = sha256_bytes(data)
-        expected = meta.get("weights_sha256")
-        if expected and expected != sha:
+        expected = meta.get("weights_sha256") if isinstance(meta, Mapping) else None
+        if not isinstance(expected, str) or len(expected) != 64:
+            # Without the hash a changed or swapped model.pt would load unnoticed.
+            raise ArtifactError(meta_path, "no valid weights_sha256 (the SHA-256 of model.pt): the "
+                                           "weights cannot be verified, so the artifact is refused")
+        if expected != sha:
             raise ArtifactError(weights_path, "weights do not match the hash recorded in "
                                               f"{META_FILE} (file changed or corrupt)")
         return _from_meta(path, meta, state, sha)
@@ -329,22 +352,22 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 def load_model(ref: str | os.PathLike) -> Artifact:
     """Resolve a model reference: an artifact or checkpoint path, or a name like ``rlfn_s_x4``.
 
-    A name loads the released weights when they exist; otherwise the model is randomly initialised
-    (useful for tiny test models, e.g. ``rlfn_tiny_x4``).
+    A name loads the released weights; a name without them is refused unless the random
+    initialisation is explicit: ``random:rlfn_s_x3``, or a tiny test model (``rlfn_tiny_x4``).
     """
+    from workbench.models import RANDOM_PREFIX, released_weights
+
     text = str(ref)
     candidate = Path(text)
     if candidate.exists() or os.sep in text or text.endswith((".pt", ".pth")):
         return load_artifact(candidate)
     try:
-        preset, scale = parse_model_name(text)
+        parse_model_name(text[len(RANDOM_PREFIX):] if text.startswith(RANDOM_PREFIX) else text)
     except WorkbenchError:
         raise WorkbenchError(f"{text}: no such file or folder, and not a model name "
-                             f"(e.g. rlfn_s_x4, rlfn_ntire_x4, rlfn_tiny_x4)") from None
-    from workbench.models import released_checkpoint
-
-    released = released_checkpoint(preset, scale)
-    if released is not None and released.exists():
+                             f"(e.g. rlfn_s_x4, rlfn_ntire_x4, rlfn_tiny_x4, random:rlfn_s_x3)") from None
+    released = released_weights(text)
+    if released is not None:
         art = load_artifact(released)
         art.lineage = {"source": "released checkpoint", "name": text, "file": str(released)}
         return art

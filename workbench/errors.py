@@ -18,3 +18,17 @@ class ArtifactError(WorkbenchError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, without ever building the full repr
+    (a huge value -- say, a YAML alias bomb -- would otherwise cost minutes and gigabytes)."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel = 3
+    shortener.maxstring = shortener.maxother = limit
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 8
+    shortener.maxlong = 40
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

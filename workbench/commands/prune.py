@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     apply.add_argument("--no-eval", action="store_true",
                        help="skip the PSNR-Y check before and after on the embedded Set5")
     apply.add_argument("--out", required=True, type=Path, metavar="ARTIFACT",
-                       help="artifact folder to write (replaced atomically if it exists)")
+                       help="artifact folder to write (an existing artifact is replaced atomically; "
+                            "anything else there is refused unless --force)")
+    apply.add_argument("--force", action="store_true",
+                       help="replace whatever is at --out, even a folder or file that is not an artifact")
     apply.add_argument("--latency", action="store_true",
                        help="also time parent and pruned model side by side (interleaved) in "
                             "--deploy mode and report the ratio")
@@ -117,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
         from workbench.deploy import check_mode
 
         check_mode(args.deploy, "cpu")
+    from workbench.artifacts import is_artifact_folder
+
+    if args.out.exists() and not args.force and not is_artifact_folder(args.out):
+        # before any pruning work; save_artifact refuses it too
+        what = "folder" if args.out.is_dir() else "file"
+        raise WorkbenchError(f"--out {args.out}: exists and is not a workbench artifact (a {what}); "
+                             "not replaced: choose another path, or pass --force")
     before = sum(p.numel() for p in art.model.parameters())
     pruned = prune_to_widths(art.model, widths, criterion=args.criterion)
     after = sum(p.numel() for p in pruned.parameters())
@@ -125,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                            criterion=args.criterion, widths=resolved)
     save_artifact(args.out, pruned, lineage=lineage,
                   config={"command": "prune apply", "widths": resolved, "criterion": args.criterion},
-                  metrics={"params": after, "params_parent": before})
+                  metrics={"params": after, "params_parent": before}, force=args.force)
     old = group_widths(art.spec)
     changed = ", ".join(f"{n} {old[n]}->{w}" for n, w in resolved.items() if old[n] != w)
     print(f"pruned {changed or 'nothing'}; params {before:,} -> {after:,} "

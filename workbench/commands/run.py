@@ -13,7 +13,10 @@ and one folder per stage (<NN>-<id>/: artifact/, metrics.json, log.txt, tb/, DON
 
 Rerunning the same command skips finished stages and resumes an interrupted one from its last
 periodic checkpoint (bitwise identical on CPU to an uninterrupted run). A stage whose settings
-changed (by editing the recipe or --set) is run again, with every stage after it.
+changed (by editing the recipe or --set) is run again, with every stage after it; their previous
+folders (artifacts included) are kept under RUN_DIR/stale/, like those of stages removed from the
+recipe. One run at a time per run folder: a second one stops at once, naming the first one's pid
+(RUN_DIR/run.lock). The default run folder is runs/<name>, so a recipe's name: is a plain name.
 
 Under `torchrun --nproc_per_node N -m workbench run RECIPE ...` the training stages use
 DistributedDataParallel (gloo on CPU, NCCL on GPU; batch_size is the global batch, split over the
@@ -39,6 +42,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def default_run_dir(recipe: "object", *, smoke: bool, root: str = "runs") -> "object":
+    """runs/<recipe name>[-smoke], refused unless it is a folder directly inside the runs root
+    (the name is a plain name, and no symbolic link leads elsewhere): a recipe never chooses where
+    outside runs/ the workbench writes or deletes."""
+    import re
+    from pathlib import Path
+
+    from workbench.errors import WorkbenchError
+    from workbench.recipes.schema import RUN_NAME_PATTERN
+
+    name = recipe.name + ("-smoke" if smoke else "")
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise WorkbenchError(f"{recipe.path}: the run folder name {name!r} is not a plain name "
+                             "(letters, digits, '_', '-', '.'); set name: or give --run-dir")
+    base = Path(root)
+    run_dir = base / name
+    if run_dir.resolve().parent != base.resolve():
+        raise WorkbenchError(f"{run_dir}: leads to {run_dir.resolve()}, outside the runs folder "
+                             f"{base.resolve()} (a symbolic link?); give --run-dir to use it")
+    return run_dir
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -48,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, smoke=args.smoke, overrides=args.overrides)
     if args.from_id is not None:
         recipe.stage(args.from_id)  # unknown id: error before anything happens
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (recipe.name + ("-smoke" if args.smoke else ""))
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe, smoke=args.smoke)
     try:
         run_recipe(recipe, run_dir=run_dir, from_id=args.from_id, device=args.device,
                    progress=not args.no_progress)

@@ -89,7 +89,13 @@ def _looks_like_name(ref: str | Path) -> bool:
 
 
 def _resolve(ref: str | Path, data_root: Path | None) -> tuple[Path, bool]:
-    """The folder a set reference points at, and whether it is the embedded copy."""
+    """The folder a set reference points at, and whether it is the embedded copy.
+
+    A data root that was given is never silently replaced by the embedded copy: a missing root, or
+    a set name not under it, is an error."""
+    if data_root is not None and not Path(data_root).is_dir():
+        raise WorkbenchError(f"{data_root}: data root does not exist or is not a folder (leave it "
+                             f"out to use the embedded {', '.join(EMBEDDED_SETS)})")
     if _looks_like_name(ref) and data_root is not None:
         candidate = Path(data_root) / str(ref)
         if candidate.is_dir():
@@ -100,11 +106,12 @@ def _resolve(ref: str | Path, data_root: Path | None) -> tuple[Path, bool]:
     if path.exists():
         raise WorkbenchError(f"{path}: is a file; a data set is a folder (benchmark layout "
                              "<Set>/HR + <Set>/LR_bicubic/X<s>, DIV2K layout, or a folder of HR images)")
+    if data_root is not None:
+        raise WorkbenchError(f"{ref}: no such data set folder under the data root {data_root} "
+                             f"(leave the data root out to use the embedded {', '.join(EMBEDDED_SETS)})")
     if _looks_like_name(ref) and str(ref).lower() in (s.lower() for s in EMBEDDED_SETS):
         return embedded_set_dir(str(ref)), True
-    where = f" (not under data root {data_root} either)" if data_root is not None else ""
-    raise WorkbenchError(f"{ref}: no such data set folder{where}; embedded sets: "
-                         f"{', '.join(EMBEDDED_SETS)}")
+    raise WorkbenchError(f"{ref}: no such data set folder; embedded sets: {', '.join(EMBEDDED_SETS)}")
 
 
 def _split_layout(folder: Path, scale: int) -> tuple[str, Path, Path | None]:

@@ -4,6 +4,8 @@ Run folder layout::
 
     <run>/recipe.yaml          the resolved recipe (defaults filled in, --set/--smoke applied)
     <run>/recipe.sha256        its hash (recorded in every artifact's lineage)
+    <run>/run.lock             held by the run in progress (its pid inside)
+    <run>/stale/               earlier versions of changed or removed stages
     <run>/summary.json         per-stage metrics and times, rewritten after every stage
     <run>/model-init/          only when the recipe's model is given as widths (seeded random init)
     <run>/<NN>-<id>/
@@ -14,9 +16,13 @@ Run folder layout::
 
 A stage's *fingerprint* hashes its resolved config and the fingerprints of the stages before it
 (plus the model, seed and training data). On a rerun, a stage whose DONE marker carries the same
-fingerprint is skipped; a stage whose config (or any earlier stage's) changed is cleared and run
-again, and an unfinished stage with the same fingerprint resumes from its last checkpoint.
-``from_id`` clears that stage and every later one first.
+fingerprint is skipped; a stage whose config (or any earlier stage's) changed is moved to
+``<run>/stale/`` (nothing a run produced is deleted behind the user's back) and run again, and an
+unfinished stage with the same fingerprint resumes from its last checkpoint. ``from_id`` clears
+that stage and every later one first (asked for explicitly, so deleted).
+
+The run folder is locked for the whole run (``<run>/run.lock``), and every folder the engine
+writes, moves or deletes must stay inside it (a symbolic link out of it is refused).
 
 Under ``torchrun --nproc_per_node N -m workbench run ...`` the training stages run on every
 process (DistributedDataParallel); any other stage runs on rank 0 while the others wait. Only
@@ -145,31 +151,68 @@ def _fmt_metric(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _inside(run_dir: Path, path: Path) -> Path:
+    """``path`` (a folder the engine writes, moves or deletes), refused unless it stays inside the
+    run folder: a symbolic link to somewhere else is never followed."""
+    if path.is_symlink() or not path.resolve().is_relative_to(run_dir.resolve()):
+        raise WorkbenchError(f"{path}: leads outside the run folder {run_dir} (a symbolic link to "
+                             f"{path.resolve()}); refusing to write or delete there")
+    return path
+
+
+def _move_to_stale(run_dir: Path, child: Path) -> Path:
+    """Move a stage folder into ``<run>/stale/`` (numbered when the name is taken there)."""
+    stale = _inside(run_dir, run_dir / "stale")
+    stale.mkdir(exist_ok=True)
+    target = stale / child.name
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = stale / f"{child.name}.{suffix}"
+    os.replace(child, target)
+    return target
+
+
 def _set_aside_stale_stages(recipe: Recipe, run_dir: Path) -> None:
     """Move stage folders that the recipe no longer has (a stage removed or renamed since the
     last run in this folder) into ``stale/``, so the run folder shows only this recipe's stages.
     Nothing is deleted: a user may still want what such a stage produced."""
     current = {plan.folder_name for plan in recipe.stages}
     for child in sorted(run_dir.iterdir()):
-        if child.is_dir() and child.name not in current and (child / "stage.json").is_file():
-            stale = run_dir / "stale"
-            stale.mkdir(exist_ok=True)
-            target = stale / child.name
-            suffix = 1
-            while target.exists():
-                suffix += 1
-                target = stale / f"{child.name}.{suffix}"
+        if (child.is_dir() and not child.is_symlink() and child.name not in current
+                and (child / "stage.json").is_file()):
+            target = _move_to_stale(run_dir, child)
             log.info("%s is not a stage of this recipe any more: moved to %s", child.name, target)
-            os.replace(child, target)
+
+
+LOCK_FILE = "run.lock"
 
 
 def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = None,
                device: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) every stage of ``recipe`` in ``run_dir``; returns one record per stage."""
+    """Run (or resume) every stage of ``recipe`` in ``run_dir``; returns one record per stage.
+
+    The run folder is locked for the whole run (``<run>/run.lock``, by the process of rank 0): a
+    second run on the same folder stops at once with the holder's pid instead of training the
+    same stage in parallel or clearing the stage the first one is training.
+    """
+    from workbench.locks import exclusive_lock
+
+    run_dir = Path(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _run_recipe(recipe, run_dir=run_dir, from_id=from_id, device=device, progress=progress)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise WorkbenchError(f"{run_dir}: exists and is not a folder (a run folder is a folder)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run_dir / LOCK_FILE, what=f"run folder {run_dir}"):
+        return _run_recipe(recipe, run_dir=run_dir, from_id=from_id, device=device, progress=progress)
+
+
+def _run_recipe(recipe: Recipe, *, run_dir: Path, from_id: str | None, device: str | None,
+                progress: bool) -> list[dict[str, Any]]:
     from workbench.artifacts import atomic_write_bytes, atomic_write_json
     from workbench.train import distributed
 
-    run_dir = Path(run_dir)
     dev = resolve_device(device or recipe.config.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = distributed.init(dev)
     main = dist_info.is_main
@@ -180,12 +223,15 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for plan in recipe.stages:  # before anything is written: no stage folder leads elsewhere
+            _inside(run_dir, run_dir / plan.folder_name)
+        _inside(run_dir, run_dir / "model-init")
         atomic_write_bytes(run_dir / "recipe.yaml", recipe.text.encode())
         atomic_write_bytes(run_dir / "recipe.sha256", (recipe.sha256 + "\n").encode())
         _set_aside_stale_stages(recipe, run_dir)
         if from_id is not None:
             for plan in recipe.stages[start_plan.index:]:
-                stage_dir = run_dir / plan.folder_name
+                stage_dir = _inside(run_dir, run_dir / plan.folder_name)
                 if stage_dir.exists():
                     log.info("--from %s: clearing %s", from_id, stage_dir)
                     shutil.rmtree(stage_dir)
@@ -200,7 +246,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
         log.info("run %s: %s, %d stages, device %s%s", run_dir, recipe.name, total, dev,
                  f", {dist_info.world_size} processes" if dist_info.enabled else "")
     for plan, fingerprint in zip(recipe.stages, fingerprints):
-        stage_dir = run_dir / plan.folder_name
+        stage_dir = _inside(run_dir, run_dir / plan.folder_name)
         done = _read_json(stage_dir / DONE_FILE)
         if done and done.get("fingerprint") == fingerprint:
             artifact = done.get("artifact")
@@ -216,8 +262,10 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
         if main:
             info = _read_json(stage_dir / "stage.json")
             if stage_dir.exists() and (info is None or info.get("fingerprint") != fingerprint):
-                log.info("%s: configuration changed since the last run; starting the stage over", plan.id)
-                shutil.rmtree(stage_dir)
+                # Like a stage removed from the recipe, the old folder (and its artifact) is kept.
+                target = _move_to_stale(run_dir, stage_dir)
+                log.info("%s: configuration changed since the last run; starting the stage over "
+                         "(the previous folder is kept as %s)", plan.id, target)
             stage_dir.mkdir(parents=True, exist_ok=True)
             (stage_dir / DONE_FILE).unlink(missing_ok=True)
             atomic_write_json(stage_dir / "stage.json", {

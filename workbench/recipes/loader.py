@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, short_repr
 from workbench.recipes.schema import RecipeConfig
 
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -53,7 +53,8 @@ class RecipeError(WorkbenchError):
 
     def __init__(self, source: object, problems: Sequence[str]) -> None:
         self.source = source
-        self.problems = list(problems)
+        # bounded, whatever a check put in a message (values are shown with _show already)
+        self.problems = [p if len(p) <= 300 else p[:297] + "..." for p in problems]
         if len(self.problems) == 1:
             text = f"{source}: {self.problems[0]}"
         else:
@@ -110,13 +111,80 @@ class Recipe:
 # -- helpers ------------------------------------------------------------------------------------
 
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    if not isinstance(word, str) or len(word) > 100:
+        return ""
     close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return short_repr(value, 60)
+
+
+# -- YAML with a budget ---------------------------------------------------------------------------
+
+#: The most values (scalars, lists, mappings; each alias counted as the whole value it repeats) a
+#: recipe or --set value may expand to. Real recipes have a few hundred; nested aliases ("billion
+#: laughs") reach billions from a kilobyte.
+MAX_YAML_VALUES = 10_000
+
+
+class YAMLBudgetError(yaml.YAMLError):
+    """A YAML document whose aliases expand beyond :data:`MAX_YAML_VALUES` values, or refer to
+    themselves."""
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts the expanded size of the composed node graph before
+    constructing anything (the count is memoised per node, so it costs the file's size, not the
+    expansion's)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            total = 1
+            for child in _children(node):
+                total += sizes[id(child)]
+            if total > MAX_YAML_VALUES:
+                raise YAMLBudgetError(f"aliases expand to more than {MAX_YAML_VALUES} values "
+                                      "(nested aliases, an alias bomb?); refused")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise YAMLBudgetError("an alias refers to the value that contains it (a recursive "
+                                  "structure); refused")
+        active.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def safe_yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` (no tags that construct objects) that refuses alias bombs and recursive
+    aliases with :class:`YAMLBudgetError`."""
+    return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def to_plain(obj: Any) -> Any:
@@ -381,9 +449,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> list[str]:
             problems.append(f"--set {item}: expected KEY=VALUE, e.g. stages.train.iterations=100")
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            problems.append(f"--set {key}: value is not valid YAML ({str(exc).splitlines()[0]})")
+            value = safe_yaml_load(text) if text.strip() else None
+        except YAMLBudgetError as exc:
+            problems.append(f"--set {key}: {exc}")
+            continue
+        except (yaml.YAMLError, RecursionError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            problems.append(f"--set {key}: value is not valid YAML ({short_repr(first, 200)[1:-1]})")
             continue
         parts = key.split(".")
         target: Any = raw
@@ -455,19 +527,25 @@ def _model_scale(model: Any, problems: list[str], *, check_paths: bool) -> int |
         except WorkbenchError as exc:
             problems.append(f"model: {exc}")
             return None
-    try:
-        preset, scale = parse_model_name(model)
-        from workbench.models import PRESETS
+    from workbench.models import PRESETS, RANDOM_PREFIX, released_weights
 
-        PRESETS[preset].spec(scale)
-        return scale
-    except ValueError as exc:
-        problems.append(f"model: {model!r}: {exc}")
-        return None
+    try:
+        preset, scale = parse_model_name(model[len(RANDOM_PREFIX):] if model.startswith(RANDOM_PREFIX) else model)
     except WorkbenchError:
-        problems.append(f"model: unknown model {model!r}{_did_you_mean(model, list_models())}; "
+        problems.append(f"model: unknown model {_show(model)}{_did_you_mean(model, list_models())}; "
                         "give a name like rlfn_s_x4, an artifact path or widths")
         return None
+    try:
+        PRESETS[preset].spec(scale)
+    except ValueError as exc:
+        problems.append(f"model: {_show(model)}: {exc}")
+        return None
+    try:
+        released_weights(model, must_exist=check_paths)
+    except WorkbenchError as exc:
+        problems.append(f"model: {exc}")
+        return None
+    return scale
 
 
 def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) -> None:
@@ -490,10 +568,10 @@ def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) ->
     for i, name in enumerate(config.data.val.sets):
         if root is not None and (Path(root) / name).is_dir():
             continue
-        if Path(name).expanduser().is_dir() or name.lower() in embedded:
+        if Path(name).expanduser().is_dir() or (root is None and name.lower() in embedded):
             continue
         where = f" under {root}" if root else ""
-        problems.append(f"data.val.sets[{i}]: no data set {name!r}{where} (embedded: "
+        problems.append(f"data.val.sets[{i}]: no data set {_show(name)}{where} (embedded: "
                         f"{', '.join(getattr(benchmark, 'EMBEDDED_SETS', ('Set5',)))})")
 
 
@@ -614,7 +692,7 @@ def parse_recipe(raw: Any, *, source: object = "recipe", smoke: bool = False,
         if config is not _INVALID:
             model_scale = _model_scale(config.model, problems, check_paths=check_paths)
             if config.scale is not None and model_scale is not None and config.scale != model_scale:
-                problems.append(f"scale: {config.scale} contradicts the model {config.model!r} (x{model_scale})")
+                problems.append(f"scale: {config.scale} contradicts the model {_show(config.model)} (x{model_scale})")
             scale = config.scale or model_scale
             if scale is not None and config.scale is None:
                 config = dataclasses.replace(config, scale=scale)
@@ -675,7 +753,11 @@ def load_recipe(path: str | Path, *, smoke: bool = False, overrides: Sequence[st
     if not path.is_file():
         raise WorkbenchError(f"{path}: no such recipe file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_yaml_load(path.read_text())
+    except YAMLBudgetError as exc:
+        raise WorkbenchError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise WorkbenchError(f"{path}: values nested too deeply to read") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LAYOUTS = ("div2k", "flickr2k", "folder", "benchmark", "samples")
+#: A recipe name (and so a default run folder under runs/): never a path.
+RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 DEVICES_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 
 
@@ -87,7 +89,11 @@ class RecipeConfig:
 
     model: Any = field(metadata={
         "help": "model name (rlfn_s_x4), artifact folder / .pth path, or a widths mapping"})
-    name: str | None = field(default=None, metadata={"help": "recipe name (default: file name)"})
+    name: str | None = field(default=None, metadata={
+        "help": "recipe name (default: file name); names the run folder runs/<name>, so a plain name",
+        "pattern": RUN_NAME_PATTERN,
+        "pattern_help": "a plain name of letters, digits, '_', '-' and '.' not starting with '.' "
+                        "(no '/', no '..': it names the run folder runs/<name>)"})
     description: str = field(default="", metadata={"help": "free text"})
     scale: int | None = field(default=None, metadata={"help": "upscaling factor; must match the model",
                                                       "choices": [1, 2, 3, 4, 8]})

@@ -557,21 +557,86 @@ def run_workers(job: SearchJob, *, workers: int = 1) -> None:
                              f"{[procs[i].exitcode for i in failed]}; the study is kept, rerun to resume")
 
 
+def check_inputs(job: SearchJob) -> None:
+    """Check everything a trial reads, once, before the study starts: thread counts, the parent
+    and the space, the validation set, and for fine-tunes the patch size and the training images
+    (present, decodable, large enough). A trial that fails on bad input would fail in every trial
+    alike; stopping here gives one line instead of a study of failures."""
+    from workbench.artifacts import load_model
+    from workbench.data.benchmark import load_set
+    from workbench.recipes.stage_utils import patch_size_problems
+
+    for flag, value in (("--threads", job.latency.threads), ("--train-threads", job.train_threads)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise WorkbenchError(f"{flag} must be >= 1, got {value}")
+    parent = load_model(job.parent)
+    job.space.validate(parent.spec)
+    scale = parent.spec.scale
+    load_set(job.eval_set, scale, data_root=Path(job.data_root) if job.data_root else None)
+    if job.finetune.iterations == 0:
+        if job.train_data is not None and not Path(job.train_data).is_dir():
+            raise WorkbenchError(f"{job.train_data}: training image folder does not exist")
+        return
+    patch = job.finetune.patch_size
+    problems = patch_size_problems(patch, scale)
+    if problems:
+        raise WorkbenchError(f"--patch-size {patch}: {problems[0].split(': ', 1)[1]}")
+    from workbench.data.training import PatchDataset, sample_images_dir
+    from workbench.search.objective import _large_enough, list_image_files
+
+    lr_files: list[Path] | None = None
+    if job.train_files:
+        files = [Path(f) for f in job.train_files]
+        lr_files = [Path(f) for f in job.train_lr_files] if job.train_lr_files else None
+    else:
+        files = list_image_files(job.train_data or sample_images_dir())
+    for f in files + (lr_files or []):
+        _check_decodable(f)
+    if not job.train_files:
+        files = _large_enough(files, patch)
+    # sizes (and LR/HR agreement) from the headers, as the fine-tune's dataset will check them
+    PatchDataset(files, scale=scale, patch_size=patch, lr_files=lr_files, cache=False)
+
+
+def _check_decodable(path: Path) -> None:
+    """Raise a one-line WorkbenchError unless ``path`` is an image PIL can read to the end (its
+    structure and checksums are verified without decoding the pixels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except UnidentifiedImageError:
+        raise WorkbenchError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise WorkbenchError(f"{path}: corrupt image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
 def run_search(job: SearchJob, *, workers: int = 1, compare_rounds: int = 5) -> dict[str, Any]:
     """Run (or resume) the study with ``workers`` processes, then write the results.
 
-    Returns the summary (see :func:`workbench.search.results.write_results`).
+    The inputs are checked first (:func:`check_inputs`); a study in which no trial completed is
+    an error (the trials' first error in one line), not a result. Returns the summary (see
+    :func:`workbench.search.results.write_results`).
     """
     import warnings
 
     import optuna
+    from optuna.trial import TrialState
 
     from workbench.search.results import write_results
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    check_inputs(job)
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
     run_workers(job, workers=workers)
     study = open_study(job)
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        errors = [t.user_attrs.get("error") for t in trials if t.user_attrs.get("error")]
+        first = f"; the first error: {str(errors[0])[:300]}" if errors else ""
+        raise WorkbenchError(f"search in {job.out_dir}: no trial completed ({len(trials)} failed)"
+                             f"{first}")
     with LatencyMeasurer(job.latency) as measurer:
         return write_results(study, job, measurer=measurer if compare_rounds > 0 else None,
                              compare_rounds=compare_rounds)
