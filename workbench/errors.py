@@ -18,3 +18,27 @@ class ArtifactError(WorkbenchError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class WriteError(WorkbenchError, OSError):
+    """An output that could not be written (a full disk, a read-only folder), naming the path.
+
+    Still an :class:`OSError` (with ``errno``), so code that handles write failures keeps working;
+    the previous file at ``path``, if any, is left as it was.
+    """
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        OSError.__init__(self, exc.errno, exc.strerror)
+        self.path = path
+        import errno as _errno
+
+        if exc.errno == _errno.ENOSPC:
+            reason = "no space left on device"
+        elif exc.errno == _errno.EDQUOT:
+            reason = "disk quota exceeded"
+        else:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+        self.message = f"{path}: could not write ({reason}); any previous file there is unchanged"
+
+    def __str__(self) -> str:
+        return self.message
