@@ -225,3 +225,119 @@ def test_outputs_respect_the_umask(tmp_path, tiny_model):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+# -- items 13 and 14: output paths of the wrong kind, arguments out of range ----------------------
+
+def test_wrong_output_paths_and_arguments_fail_before_work(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: rlfn_tiny_x2\nstages: []\n")
+    tiny = ["--model", "rlfn_tiny_x2"]
+    cases = [
+        (["eval", *tiny, "--out", str(tmp_path)], "is a folder"),
+        (["eval", *tiny, "--save-sr", str(a_file)], "is a file"),
+        (["eval", *tiny, "--out", str(a_file / "x.json")], "is a file"),
+        (["run", str(recipe), "--run-dir", str(a_file)], "is a file"),
+        (["run", str(recipe), "--device", "tpu"], "--device"),
+        (["run", str(tmp_path)], "is a folder"),
+        (["sensitivity", *tiny, "--out", str(a_file)], "is a file"),
+        (["profile", *tiny, "--sweep", "4:8", "--sweep-dir", str(a_file)], "is a file"),
+        (["profile", *tiny, "--sweep", "1:100000"], "at most"),
+        (["profile", *tiny, "--input", "1x3x8x8"], "at least 15"),
+        (["profile", *tiny, "--input", "1x3x100000x100000"], "too large"),
+        (["profile", *tiny, "--out", str(tmp_path)], "is a folder"),
+        (["profile", "--model", "rlfn_s_x9", "--no-latency"], "rlfn_s_x9"),
+        (["export", *tiny, "--out", str(tmp_path / "m.onnx"), "--opset", "999"], "opset"),
+        (["export", *tiny, "--out", str(tmp_path / "m.onnx"), "--tolerance", "-1"], "tolerance"),
+        (["export", *tiny, "--out", str(tmp_path)], "is a folder"),
+        (["data", "make-lr", str(tmp_path), str(a_file), "--scale", "2"], "is a file"),
+        (["data", "download", "div2k", "--root", str(tmp_path / "d"), "--timeout", "0"], "timeout"),
+        (["search", *tiny, "--latency-cache", str(tmp_path), "--out", str(tmp_path / "s")],
+         "is a folder"),
+    ]
+    for argv, words in cases:
+        rc, out, err = _cli(argv, capsys)
+        _one_line(rc, err, words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "r.yaml"]   # nothing written
+
+
+def test_recipe_with_a_huge_trunk_is_refused(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: {trunk: 1000000, blocks: 2}\nstages: []\n")
+    rc, out, err = _cli(["validate", str(recipe)], capsys)
+    assert rc == 2 and "Traceback" not in err and "4096" in err
+
+
+def test_export_check_on_too_small_images(tmp_path, capsys):
+    from tests.conftest import make_smooth_images
+
+    hr = make_smooth_images(tmp_path / "small" / "HR", n=1, size=28, small=7, seed=0)
+    rc, out, err = _cli(["export", "--model", "rlfn_tiny_x2", "--out", str(tmp_path / "m.onnx"),
+                         "--check", "--set", str(hr.parent)], capsys)
+    _one_line(rc, err, str(hr), "at least 15x15")
+
+
+def test_small_image_errors_name_the_file(tmp_path, capsys):
+    from tests.conftest import make_smooth_images
+
+    hr = make_smooth_images(tmp_path / "small14" / "HR", n=1, size=28, small=7, seed=0)
+    rc, out, err = _cli(["eval", "--model", "rlfn_tiny_x2", "--sets", str(hr.parent),
+                         "--no-progress"], capsys)
+    _one_line(rc, err, str(next(hr.iterdir())), "at least 15x15")
+
+
+# -- item 15: a decompression bomb ------------------------------------------------------------------
+
+def test_decompression_bomb_is_one_line(tmp_path, capsys):
+    import warnings
+
+    from workbench.data.images import image_size, read_image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (9000, 9000)).save(bomb, optimize=True)   # 81 Mpx of zeros in a few KB
+    assert bomb.stat().st_size < 200_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no DecompressionBombWarning either
+        with pytest.raises(WorkbenchError, match="megapixels"):
+            read_image(bomb)
+        with pytest.raises(WorkbenchError, match="megapixels"):
+            image_size(bomb)
+    folder = tmp_path / "set" / "HR"
+    folder.mkdir(parents=True)
+    bomb.rename(folder / "bomb.png")
+    rc, out, err = _cli(["eval", "--model", "rlfn_tiny_x2", "--sets", str(folder.parent),
+                         "--no-progress"], capsys)
+    _one_line(rc, err, "bomb.png", "megapixels")
+
+
+# -- item 18: export --check compares delivered (uint8) outputs -------------------------------------
+
+def test_export_check_tolerates_rounding_but_not_real_differences(tiny_model, tmp_path):
+    import numpy as np
+
+    from workbench.data.benchmark import load_set
+    from workbench.prune.export import check_onnx, export_onnx
+
+    path = export_onnx(tiny_model, tmp_path / "m.onnx")
+    crops = [np.asarray(load_set("Set5", 2)[0].lr)[:40, :48]]
+
+    class Nudged(torch.nn.Module):   # the same model, 0.002 off: may flip a rounding, no more
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 0.002
+
+    result = check_onnx(Nudged(tiny_model), path, crops, tolerance=1)
+    assert result["ok"] and result["max_gray_diff"] <= 1 and result["max_abs_diff"] > 1e-3
+    bigger = check_onnx(Nudged(tiny_model), path, crops, tolerance=0)
+    assert bigger["max_gray_diff"] == 0 or not bigger["ok"]
+
+    class Off(Nudged):
+        def forward(self, x):
+            return self.inner(x) + 3.0
+
+    assert not check_onnx(Off(tiny_model), path, crops)["ok"]

@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from workbench.artifacts import atomic_write_json, environment, load_model
     from workbench.evaluate import evaluate, format_table, resolve_device, results_to_json
 
+    from workbench.outputs import check_output_dir, check_output_file
+
+    check_output_file(args.out, "--out")
+    check_output_dir(args.save_sr, "--save-sr")
     device = resolve_device(args.device)
     if args.deploy is not None:
         from workbench.deploy import check_mode, prepare

@@ -80,7 +80,14 @@ def run(args: argparse.Namespace) -> int:
                                      parse_range, parse_shape, plot_sweep, sweep_trunk_widths,
                                      write_sweep_csv)
 
+    from workbench.outputs import check_output_dir, check_output_file
+
     shape = parse_shape(args.input)
+    check_output_file(args.out, "--out")
+    if args.sweep:
+        check_output_dir(args.sweep_dir, "--sweep-dir")
+    if args.threads is not None and args.threads < 1:
+        raise WorkbenchError(f"--threads must be >= 1, got {args.threads}")
     dtype = parse_dtype(args.dtype)
     if args.repeats < 1 or args.warmup < 0:
         raise WorkbenchError("--repeats must be >= 1 and --warmup >= 0")

@@ -113,6 +113,8 @@ class RLFNSpec:
                 blocks: int = 6) -> "RLFNSpec":
         """The release's shape: one trunk width everywhere, one middle width, one ESA width."""
         mid = feature if mid is None else mid
+        if not isinstance(blocks, int) or not 1 <= blocks <= MAX_BLOCKS:
+            raise ValueError(f"blocks must be an integer from 1 to {MAX_BLOCKS}, got {repr(blocks)[:40]}")
         return cls(scale=scale, trunk=feature,
                    blocks=tuple(BlockSpec(mid, mid, feature, esa, esa, esa) for _ in range(blocks)))
 
