@@ -123,7 +123,7 @@ def evaluate_set(model: nn.Module, pset: Any, *, device: str | torch.device | No
 
     With ``save_dir`` each SR image is written as ``save_dir/<set>/x<scale>/<image>.png``.
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     set_name = str(getattr(pset, "name", "set"))
     scale = int(getattr(pset, "scale"))

@@ -340,7 +340,7 @@ def ntire_latency(model: nn.Module, lr_folder_or_set: Any, *, device: str | torc
     HWC arrays. The first image is run ``warmup`` times first; each image is then timed once
     (host-to-device copy excluded, device synchronised).
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     dev = _resolve(device)
     dt = parse_dtype(dtype)
@@ -397,7 +397,7 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
     Returns one row per width: width, params, flops_g, median_ms, p90_ms, mean_ms, min_ms, and
     the measurement conditions.
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     from workbench.models import build_model
 

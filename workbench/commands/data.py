@@ -91,7 +91,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _make_lr(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     from workbench.data.images import list_images, mod_crop, read_image, write_image
     from workbench.data.imresize import downscale

@@ -149,7 +149,7 @@ def check_pair_sizes(hr_shape: tuple[int, ...], lr_shape: tuple[int, ...], scale
 
 
 def _progress(items: list, desc: str):
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     return tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 8 or None)
 

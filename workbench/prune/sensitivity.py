@@ -257,7 +257,7 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     model on a random ``latency_shape`` input (median of ``latency_repeats``; models that run the
     same convolutions share one measurement). ``on_row`` is called with each row as it is made.
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     from workbench.evaluate import resolve_device
     from workbench.profiling import measure_latency, ntire_counts

@@ -315,7 +315,7 @@ def compare_specs(specs: Mapping[str, RLFNSpec], settings: LatencySettings, *, r
     for model in models.values():  # warm every model up before any timing
         _fallback_measure(model, input_shape=settings.input_shape, device=settings.device,
                           dtype=dtype, warmup=max(1, settings.warmup), repeats=1)
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     bar = tqdm(total=rounds * len(models), desc=f"latency of {len(models)} configs, interleaved",
                unit="run", disable=len(models) < 4, leave=False)

@@ -320,7 +320,7 @@ def premeasure_space(job: SearchJob, parent_spec: Any, measurer: Any, *, extra: 
     Returns how many were new."""
     if not job.premeasure or job.space.size(parent_spec) > job.premeasure:
         return 0
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     specs = job.space.all_specs(parent_spec) + [parent_spec] + list(extra)
     if hasattr(measurer, "measure_many"):
@@ -474,7 +474,7 @@ def run_worker(job: SearchJob, *, worker_index: int = 0, workers: int = 1,
         attrs = ensure_prepared(study, job, parent_spec=parent.spec, parent_model=parent.model,
                                 evaluator=evaluator, measurer=measurer)
         if job.progress:
-            from tqdm import tqdm
+            from workbench.progress import tqdm
 
             bar = tqdm(total=job.n_trials, initial=_trial_counts(study)[0], unit="trial",
                        desc=f"search[{worker_index}]" if workers > 1 else "search",

@@ -408,7 +408,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
 
     bar = None
     if progress and dist_info.is_main and settings.iterations > start:
-        from tqdm import tqdm
+        from workbench.progress import tqdm
 
         bar = tqdm(total=settings.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                    leave=True)
