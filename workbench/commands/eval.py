@@ -47,10 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _labels(refs: list[str]) -> list[str]:
+    """Short unique names for the models: a run's stage artifact (runs/R/03-sfp/artifact) is
+    "R/sfp", a file its stem, a model name itself."""
+    import re
+
     labels: list[str] = []
     for ref in refs:
         p = Path(ref)
         base = p.stem if p.suffix in (".pt", ".pth") else (p.name or str(ref))
+        if p.name == "artifact" and p.parent.name:
+            stage = re.sub(r"^\d+-", "", p.parent.name)
+            run = p.parent.parent.name
+            base = f"{run}/{stage}" if run else stage
         label, n = base, 2
         while label in labels:
             label, n = f"{base}#{n}", n + 1

@@ -172,14 +172,28 @@ class RLFNSpec:
         return replace(self, trunk=trunk, blocks=tuple(BlockSpec(**b) for b in blocks))
 
     def describe(self) -> str:
-        widths = {b.out for b in self.blocks} | {self.trunk}
-        mids = {(b.mid1, b.mid2) for b in self.blocks}
-        esas = {(b.esa, b.esa_inner, b.esa_fuse) for b in self.blocks}
-        if len(widths) == 1 and len(mids) == 1 and len(esas) == 1:
-            (m1, m2), (e1, _, _) = next(iter(mids)), next(iter(esas))
-            mid = m1 if m1 == m2 else f"{m1}/{m2}"
-            return f"RLFN x{self.scale}: trunk {self.trunk}, mid {mid}, ESA {e1}, {self.num_blocks} blocks"
-        return f"RLFN x{self.scale}: {self.num_blocks} blocks, non-uniform widths {group_widths(self)}"
+        """One short line of the widths: uniform ones once, per-block ones as a list.
+
+        ``mid A/B`` is c1_r/c2_r; ``ESA R/I/F`` is reduce (conv1), inner (conv2) and fuse
+        (conv_f/conv3), shown as one number when equal.
+        """
+        def same(values: list) -> str:
+            return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
+
+        def joined(*lists: list) -> str:
+            if all(lst == lists[0] for lst in lists):
+                return same(lists[0])
+            return "/".join(same(lst) for lst in lists)
+
+        outs = [b.out for b in self.blocks]
+        if set(outs) == {self.trunk}:
+            trunk = f"trunk {self.trunk}"
+        else:
+            trunk = f"trunk {self.trunk}, block outputs {same(outs)}"
+        mid = joined([b.mid1 for b in self.blocks], [b.mid2 for b in self.blocks])
+        esa = joined([b.esa for b in self.blocks], [b.esa_inner for b in self.blocks],
+                     [b.esa_fuse for b in self.blocks])
+        return f"RLFN x{self.scale}: {trunk}, mid {mid}, ESA {esa}, {self.num_blocks} blocks"
 
 
 _BLOCK_FIELDS = {"mid1": "mid1", "mid2": "mid2", "esa.reduce": "esa", "esa.inner": "esa_inner",
