@@ -33,3 +33,31 @@ def test_unused_stage_writer_leaves_no_event_file(tmp_path):
     used.add_scalar("x", 1.0, 0)
     used.close()
     assert any((tmp_path / "b" / "tb").iterdir())
+
+
+
+def test_sensitivity_plots_show_what_a_cut_buys(tiny_model, tmp_path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from workbench.data.benchmark import ImagePair, PairedSet
+    from workbench.prune.sensitivity import (_plot_ranking, _plot_tradeoff, _tradeoff_axes, analyze,
+                                             write_outputs)
+
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    pset = PairedSet(name="tiny", scale=2, root=None,
+                     pairs=[ImagePair("a", hr, np.ascontiguousarray(hr[::2, ::2]))])
+    res = analyze(tiny_model, pset, ratios=[0.5], groups=["trunk.*"], progress=False)
+    assert [a[0] for a in _tradeoff_axes(res)] == ["params_saved", "gflops_saved"]
+    fig = _plot_tradeoff(res)
+    assert [ax.get_xlabel().split()[0] for ax in fig.axes] == ["parameters", "GFLOPs"]
+    plt.close(fig)
+    fig = _plot_ranking(res)
+    assert fig.axes[0].get_xscale() == "linear"
+    plt.close(fig)
+    timed = analyze(tiny_model, pset, ratios=[0.5], groups=["trunk.0"], progress=False,
+                    latency=True, latency_shape=(1, 3, 16, 16), latency_repeats=1)
+    assert [a[0] for a in _tradeoff_axes(timed)][-1] == "latency_saved"
+    paths = write_outputs(timed, tmp_path / "out", tensorboard=False)
+    assert paths["tradeoff"].stat().st_size > 5_000

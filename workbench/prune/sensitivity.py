@@ -429,6 +429,45 @@ def _plot_overview(result: SensitivityResult):
     return fig
 
 
+def _tradeoff_axes(result: SensitivityResult) -> list[tuple[str, str, Any]]:
+    """(row key, axis label, value) for each saving the rows can be plotted against."""
+    axes = [("params_saved", "parameters saved", lambda r: r["params_saved"]),
+            ("gflops_saved", "GFLOPs saved (NTIRE counting)", lambda r: r["gflops_saved"])]
+    base_ms = result.baseline.get("latency_ms")
+    if base_ms and all(r.get("latency_ms") is not None for r in result.rows):
+        axes.append(("latency_saved", "latency saved (ms, measured)",
+                     lambda r: base_ms - r["latency_ms"]))
+    return axes
+
+
+def _plot_tradeoff(result: SensitivityResult):
+    """What each cut buys: PSNR drop against parameters, FLOPs and (when measured) latency saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_spec = _tradeoff_axes(result)
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec), 4.4), dpi=100,
+                             sharey=True, squeeze=False, layout="constrained")
+    colors = {k: f"C{i}" for i, k in enumerate(KIND_ORDER)}
+    for ax, (_, label, value) in zip(axes[0], axes_spec):
+        for group in dict.fromkeys(r["group"] for r in result.rows):
+            rows = sorted((r for r in result.rows if r["group"] == group), key=lambda r: r["ratio"])
+            ax.plot([value(r) for r in rows], [r["psnr_drop"] for r in rows], "o-", ms=3, lw=0.8,
+                    alpha=0.8, color=colors.get(rows[0]["kind"], "0.5"))
+        ax.set_xlabel(label)
+        ax.axhline(0.0, color="0.3", lw=0.6)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Y-PSNR drop (dB, no retraining)")
+    handles = [plt.Line2D([], [], color=c, marker="o", ms=3) for c in colors.values()]
+    fig.legend(handles, list(colors), fontsize=8, loc="outside right center")
+    note = "" if len(axes_spec) == 3 else " (latency not measured: --latency adds it)"
+    fig.suptitle(f"What each cut buys: {result.model} on {result.set_name}, one line per group, "
+                 f"points at ratios {', '.join(f'{r:g}' for r in result.ratios)}{note}", fontsize=9)
+    return fig
+
+
 def _plot_ranking(result: SensitivityResult):
     import matplotlib
 
@@ -439,10 +478,11 @@ def _plot_ranking(result: SensitivityResult):
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(ranking) + 1)), dpi=100)
     colors = {k: f"C{i}" for i, k in enumerate(KIND_ORDER)}
     ys = np.arange(len(ranking))[::-1]
-    ax.barh(ys, [max(r["mean_drop"], 1e-4) for r in ranking],
+    # a linear axis: a log axis makes 0.001 dB and 0.01 dB look a whole step apart
+    ax.barh(ys, [r["mean_drop"] for r in ranking],
             color=[colors.get(r["kind"], "0.5") for r in ranking])
     ax.set_yticks(ys, [r["group"] for r in ranking], fontsize=7)
-    ax.set_xscale("log")
+    ax.axvline(0.0, color="0.3", lw=0.6)
     ax.set_xlabel(f"mean Y-PSNR drop over ratios {', '.join(f'{r:g}' for r in result.ratios)} (dB)")
     ax.set_title("groups ranked, most redundant at the top", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
@@ -494,10 +534,13 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
             if writer is not None:
                 writer.add_figure(f"group/{group}", fig)
             plt.close(fig)
-        for key, maker in (("overview", _plot_overview), ("ranking_plot", _plot_ranking)):
+        names = {"overview": "overview.png", "ranking_plot": "ranking.png",
+                 "tradeoff": "tradeoff.png"}
+        for key, maker in (("overview", _plot_overview), ("ranking_plot", _plot_ranking),
+                           ("tradeoff", _plot_tradeoff)):
             fig = maker(result)
-            fname = "overview.png" if key == "overview" else "ranking.png"
-            fig.savefig(out / fname)
+            fname = names[key]
+            fig.savefig(out / fname, bbox_inches="tight")
             if writer is not None:
                 writer.add_figure(key, fig)
             plt.close(fig)
