@@ -46,14 +46,16 @@ class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm.tqdm
             self._plain_every = _interval()
             self._plain_last = time.monotonic()
             self._plain_printed = False
+            self._plain_text = ""
         super().__init__(*args, **kwargs)
 
     def _plain_line(self) -> None:
         line = self.__str__().replace("\r", "").strip()
-        if line:
+        if line and line != self._plain_text:
             self.fp.write(line + "\n")
             self.fp.flush()
             self._plain_printed = True
+            self._plain_text = line
         self._plain_last = time.monotonic()
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
