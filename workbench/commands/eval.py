@@ -17,7 +17,7 @@ With neither --sets nor --data-root the embedded Set5 is used (no download neede
 
 examples:
   workbench eval --model rlfn_s_x4
-  workbench eval --model rlfn_x4 runs/ntire22/sfp/artifact --sets Set5 Set14 \\
+  workbench eval --model rlfn_x4 runs/ntire22/05-sfp/artifact --sets Set5 Set14 \\
       --data-root ../shared/data --out results.json --save-sr sr/
 """
 

@@ -24,7 +24,7 @@ On a shared machine, quote ratios measured in one run rather than absolute times
 
 examples:
   workbench profile --model rlfn_ntire_x4
-  workbench profile --model runs/x/sfp/artifact --threads 2 --repeats 50 --out profile.json
+  workbench profile --model runs/ntire22/05-sfp/artifact --threads 2 --repeats 50 --out profile.json
   workbench profile --model rlfn_s_x4 --ntire-folder ../shared/data/Set14/LR_bicubic/X4
   workbench profile --model rlfn_s_x4 --sweep 32:64:2 --sweep-dir sweep/
   workbench profile --model rlfn_ntire_x4 --deploy fused      # the deploy path's latency
