@@ -341,3 +341,32 @@ def test_export_check_tolerates_rounding_but_not_real_differences(tiny_model, tm
             return self.inner(x) + 3.0
 
     assert not check_onnx(Off(tiny_model), path, crops)["ok"]
+
+
+# -- item 17: no warnings beside a one-line error; a folder given as the recipe ---------------------
+
+def test_warnings_are_not_printed_beside_an_error(monkeypatch, capsys):
+    import warnings
+
+    import workbench.artifacts as arts
+
+    def noisy(ref):
+        warnings.warn("TypedStorage is deprecated", UserWarning)
+        raise WorkbenchError(f"{ref}: broken")
+
+    monkeypatch.setattr(arts, "load_model", noisy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rc, out, err = _cli(["eval", "--model", "x.pth", "--no-progress"], capsys)
+    _one_line(rc, err, "x.pth: broken")
+    assert "TypedStorage" not in err
+
+    import workbench.commands.validate as validate_cmd
+
+    def succeeds(args):
+        warnings.warn("kept after a success", UserWarning)
+        return 0
+
+    monkeypatch.setattr(validate_cmd, "run", succeeds)
+    with pytest.warns(UserWarning, match="kept after a success"):
+        assert main(["validate", "r.yaml"]) == 0
