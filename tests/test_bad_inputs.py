@@ -370,3 +370,14 @@ def test_warnings_are_not_printed_beside_an_error(monkeypatch, capsys):
     monkeypatch.setattr(validate_cmd, "run", succeeds)
     with pytest.warns(UserWarning, match="kept after a success"):
         assert main(["validate", "r.yaml"]) == 0
+
+
+def test_full_disk_anywhere_in_a_command_is_one_line(monkeypatch, capsys):
+    import workbench.commands.validate as validate_cmd
+
+    def fails(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/plot.png")
+
+    monkeypatch.setattr(validate_cmd, "run", fails)
+    rc, out, err = _cli(["validate", "r.yaml"], capsys)
+    _one_line(rc, err, "/data/plot.png", "no space left")

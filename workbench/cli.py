@@ -68,6 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"workbench {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside the atomic helpers (a plot, a log): still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"workbench {args.command}: error: {where}could not write ({exc.strerror or exc}); "
+              "free some space and rerun", file=sys.stderr)
+        return 2
     seen = set()
     for w in caught:
         key = (str(w.message), w.category, w.filename, w.lineno)

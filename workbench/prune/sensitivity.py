@@ -491,6 +491,17 @@ def _plot_ranking(result: SensitivityResult):
     return fig
 
 
+def _save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
+    """savefig through the atomic writer: a full disk is one line and keeps the old PNG."""
+    import io
+
+    from workbench.artifacts import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
                   tensorboard: bool = True, plots: bool = True) -> dict[str, Path]:
     """Write results.json, sensitivity.csv (every row), ranking.csv, one PNG per group under
@@ -530,7 +541,7 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
         plot_dir.mkdir(exist_ok=True)
         for group in dict.fromkeys(r["group"] for r in result.rows):
             fig = _plot_group(result, group)
-            fig.savefig(plot_dir / f"{group}.png")
+            _save_figure(fig, plot_dir / f"{group}.png")
             if writer is not None:
                 writer.add_figure(f"group/{group}", fig)
             plt.close(fig)
@@ -540,7 +551,7 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
                            ("tradeoff", _plot_tradeoff)):
             fig = maker(result)
             fname = names[key]
-            fig.savefig(out / fname, bbox_inches="tight")
+            _save_figure(fig, out / fname, bbox_inches="tight")
             if writer is not None:
                 writer.add_figure(key, fig)
             plt.close(fig)

@@ -209,10 +209,12 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
     ax.grid(alpha=0.3)
     # outside the axes: inside, the legend hid points of the front
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")   # labels and the legend are not clipped
+    from workbench.artifacts import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")   # labels and the legend are not clipped
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def export_best(best: TrialRow, job: "SearchJob", attrs: dict[str, Any], dest: Path) -> Path:
