@@ -262,7 +262,8 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
     write_csv(out / "pareto_unconstrained.csv", front_all, parent_latency=attrs.get("parent_latency_ms"))
     lat = job.latency
     conditions = (f"input {'x'.join(map(str, lat.input_shape))}, {lat.dtype}, "
-                  f"{lat.threads if lat.threads else 'default'} threads"
+                  f"{lat.threads or lat.resolved_threads()} threads"
+                  + ("" if lat.threads else " (torch's default)")
                   + (f", NTIRE protocol on {lat.ntire_folder}" if lat.ntire_folder else ""))
     plot_front(out / "pareto.png", rows, front, attrs, best, title=title, front_all=front_all,
                conditions=conditions)
