@@ -225,7 +225,7 @@ def test_sensitivity_latency_is_paired_with_the_baseline(tiny_model, tmp_path, m
     assert timed == ["base", "cut"] * 4
     assert res.baseline["latency_runs"] == 4 + 4  # its own rounds, then one per pair
     paths = write_outputs(res, tmp_path / "out", tensorboard=False)
-    assert paths["tradeoff"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["latency_tradeoff"].read_bytes()[:4] == b"\x89PNG"
     assert "deploy mode channels_last" in format_ranking(res)
     header = (tmp_path / "out" / "sensitivity.csv").read_text().splitlines()[0]
     assert "latency_ratio_p90" in header and "latency_saved_pct" in header

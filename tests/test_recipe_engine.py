@@ -58,7 +58,9 @@ def test_every_stage_runs_and_reruns(tmp_path: Path, capsys) -> None:
     assert (run / "recipe.sha256").read_text().strip() == recipe.sha256
     folders = ["00-train", "01-warm", "02-cl", "03-ft", "04-eval"]
     for name in folders:
-        assert {"DONE", "metrics.json", "log.txt", "stage.json", "tb"} <= {p.name for p in (run / name).iterdir()}
+        assert {"DONE", "metrics.json", "log.txt", "stage.json"} <= {p.name for p in (run / name).iterdir()}
+    assert all((run / name / "tb").is_dir() for name in folders[:4])
+    assert not (run / "04-eval" / "tb").exists()   # nothing logged: no empty event file
     for name in folders[:4]:
         assert (run / name / "artifact" / "artifact.json").is_file()
         assert (run / name / "checkpoints" / "last.pt").is_file()

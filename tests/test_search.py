@@ -183,14 +183,17 @@ def test_psnr_floor_marks_infeasible_and_best_is_feasible(tmp_path):
 
     parent = RLFNSpec.uniform(scale=2, feature=8, mid=8, esa=4, blocks=2)
     floor = fake_psnr(parent) - 0.15     # excludes trunk 4 and trunk 6 with mid < 8
-    job = tiny_job(tmp_path, n_trials=12, sampler="random",
+    job = tiny_job(tmp_path, n_trials=9, sampler="random",   # the space's 9 configurations
                    objective=ObjectiveConfig(objective="latency", psnr_min=floor),
                    finetune=replace(tiny_job(tmp_path).finetune, iterations=1))
     evaluator, measurer = StubEvaluator(), StubMeasurer(tmp_path)
     run_worker(job, evaluator=evaluator, measurer=measurer)
     study = open_study(job)
-    trials = study.get_trials()
-    assert len(trials) == 12 and all(t.state.name == "COMPLETE" for t in trials)
+    skipped = [t for t in study.get_trials() if t.user_attrs.get("skipped_duplicate")]
+    assert all(t.state.name == "FAIL" for t in skipped)   # repeats proposed by the sampler
+    trials = [t for t in study.get_trials() if t not in skipped]
+    assert len(trials) == 9 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["spec_key"] for t in trials}) == 9   # every one a new configuration
     feasible = [t for t in trials if all(v <= 0 for v in t.constraints.values())]
     infeasible = [t for t in trials if t not in feasible]
     assert infeasible and feasible, "the floor should split the trials"
@@ -224,12 +227,13 @@ def test_latency_budget_skips_finetune_and_pareto_front_is_feasible(tmp_path):
     evaluator = StubEvaluator()
     run_worker(job, evaluator=evaluator, measurer=StubMeasurer(tmp_path))
     study = open_study(job)
-    over = [t for t in study.trials if t.user_attrs["latency_ms"] > budget and "duplicate_of" not in t.user_attrs]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]   # not the skipped repeats
+    over = [t for t in done if t.user_attrs["latency_ms"] > budget and "duplicate_of" not in t.user_attrs]
     assert over, "some candidates should exceed the budget"
     for t in over:
         assert t.constraints["latency_ms"] > 0 and t.user_attrs["finetuned"] is False
     assert study.best_trials and all(t.user_attrs["latency_ms"] <= budget for t in study.best_trials)
-    fresh = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    fresh = [t for t in done if "duplicate_of" not in t.user_attrs]
     assert evaluator.finetuned == sum(t.user_attrs["latency_ms"] <= budget for t in fresh)
 
 
@@ -294,15 +298,17 @@ def _start_worker(tmp_path: Path, job: SearchJob, index: int, delay: float) -> s
 @pytest.mark.parametrize("storage", ["sqlite", pytest.param("journal", marks=pytest.mark.slow)])
 def test_two_worker_processes_share_one_study_exactly(tmp_path, storage):
     url = None if storage == "sqlite" else f"journal:///{tmp_path / 'out' / 'study.log'}"
-    job = tiny_job(tmp_path, n_trials=10, storage=url, keep_candidates=False)
+    job = tiny_job(tmp_path, n_trials=10, storage=url, keep_candidates=False,
+                   space=SearchSpace(trunk=IntRange(2, 8, 1), mid=IntRange(4, 8, 1)))  # 35 configs
     procs = [_start_worker(tmp_path, job, i, delay=0.05) for i in range(2)]
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out.decode()[-2000:]
-    trials = open_study(job).get_trials()
-    numbers = [t.number for t in trials]
-    assert len(trials) == 10 and sorted(numbers) == list(range(10))
-    assert all(t.state.name == "COMPLETE" for t in trials)
+    every = open_study(job).get_trials()
+    trials = [t for t in every if not t.user_attrs.get("skipped_duplicate")]
+    assert sorted(t.number for t in every) == list(range(len(every)))
+    assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["spec_key"] for t in trials}) == 10   # no configuration twice
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
     assert len(pids) == 2, "both workers added trials"
 
@@ -327,12 +333,13 @@ def test_killed_worker_trial_is_abandoned_and_study_resumes(tmp_path):
     trials = open_study(job).get_trials()
     assert trials[0].state.name == "FAIL" and trials[0].user_attrs["abandoned"] is True
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 5 and len(trials) == 6
+    counted = [t for t in trials if not t.user_attrs.get("skipped_duplicate")]
+    assert len(complete) == 5 and len(counted) == 6
     retry = [t for t in complete if t.user_attrs.get("retry_of") == 0]
     assert len(retry) == 1 and retry[0].params == trials[0].params  # the abandoned config was retried
     # a rerun of a finished study adds nothing
     run_worker(job, evaluator=StubEvaluator(), measurer=StubMeasurer(tmp_path))
-    assert len(open_study(job).get_trials()) == 6
+    assert len(open_study(job).get_trials()) == len(trials)
 
 
 def test_resumed_study_refuses_other_settings(tmp_path):
@@ -444,7 +451,7 @@ def test_premeasure_times_the_whole_space_once_then_trials_hit_the_cache(tmp_pat
     assert record["interleaved_with"] == 4 and record["repeats"] == job.latency.repeats
     study = open_study(job)
     assert study.user_attrs["premeasured"] == 4
-    for t in study.trials:
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert t.user_attrs["latency"]["cached"] is True
         assert t.user_attrs["latency_ms"] == t.user_attrs["latency"]["min_ms"]  # statistic: min
 
@@ -479,3 +486,56 @@ def test_trial_orphaned_between_ask_and_claim_is_recovered(tmp_path):
     assert recover_stale_trials(study) == [orphan.number]
     trial = open_study(job).get_trials()[0]
     assert trial.state.name == "FAIL" and trial.user_attrs["abandoned"] is True
+
+
+# -- a new user's findings: no repeated configurations, named objectives, a readable plot ----------
+
+def test_small_space_gets_distinct_configurations_and_named_objectives(tmp_path):
+    """TPE repeats itself in small discrete spaces (4 trials once ran the parent 3 times): every
+    counted trial must be a new configuration when the space has enough of them."""
+    job = tiny_job(tmp_path, n_trials=4, space=SearchSpace(trunk=IntRange(4, 8, 4), mid=IntRange(4, 8, 4)),
+                   objective=ObjectiveConfig(objective="pareto", psnr_drop=0.1))
+    evaluator = StubEvaluator()
+    run_worker(job, evaluator=evaluator, measurer=StubMeasurer(tmp_path))
+    study = open_study(job)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 4 and len({t.user_attrs["spec_key"] for t in done}) == 4
+    assert not any("duplicate_of" in t.user_attrs for t in done)
+    assert study.metric_names == ["psnr_y", "latency_ms"]
+    assert all(isinstance(t.user_attrs["feasible"], bool) for t in done)
+    # a fifth trial has no new configuration left: the study stops instead of repeating one
+    more = replace(job, n_trials=5)
+    run_worker(more, evaluator=evaluator, measurer=StubMeasurer(tmp_path))
+    assert len(open_study(more).get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
+
+
+def test_pareto_plot_focuses_on_what_matters_and_side_by_side_is_explained(tmp_path):
+    from workbench.search.results import TrialRow, _focus_range, format_summary, write_results
+
+    def row(n, psnr, feasible):
+        return TrialRow(number=n, state="COMPLETE", summary="", params=1, latency_ms=10.0 + n,
+                        psnr_y=psnr, psnr_pruned=psnr, feasible=feasible, duplicate_of=None,
+                        candidate=None, spec_key=str(n), seconds=1.0, worker="", error="")
+
+    rows = [row(0, 32.1, True), row(1, 32.0, True), row(2, 8.0, False)]
+    lo, hi = _focus_range(rows, {"parent_psnr_y": 32.15, "psnr_floor": 32.05})
+    assert 31.0 < lo < 32.0 and 32.15 < hi < 32.5    # the 8 dB point does not flatten the range
+
+    class DriftingMeasurer(StubMeasurer):             # the machine got 10x busier meanwhile
+        def compare(self, specs, *, rounds=5):
+            return {n: {"median_ms": 10 * fake_latency(s), "min_ms": 10 * fake_latency(s)}
+                    for n, s in specs.items()}
+
+    job = tiny_job(tmp_path, n_trials=2, objective=ObjectiveConfig(objective="pareto"))
+    run_worker(job, evaluator=StubEvaluator(), measurer=StubMeasurer(tmp_path))
+    summary = write_results(open_study(job), job, measurer=DriftingMeasurer(tmp_path))
+    side = summary["side_by_side"]
+    assert abs(side["drift"] - 10) < 1e-6 and "another load" in side["explanation"]
+    assert "note:" in format_summary(summary)
+
+
+def test_dashboard_is_an_optional_extra(repo_dir):
+    import tomllib
+
+    extras = tomllib.loads((repo_dir / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("optuna-dashboard") for dep in extras["dashboard"])

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 
 from workbench import __version__
-from workbench.errors import ArtifactError, WorkbenchError
+from workbench.errors import ArtifactError, WorkbenchError, WriteError
 from workbench.models import (RLFN, RLFNSpec, build_model, create_model, normalize_state_dict,
                               parse_model_name, spec_from_state_dict)
 
@@ -73,19 +73,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename; the old file survives errors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (setting and restoring
+    it would, for an instant, give files made by other threads no umask at all)."""
     try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode for a new output file: 0666 less the umask (mkstemp alone would give 0600)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """Mode for a new output folder: 0777 less the umask (mkdtemp alone would give 0700)."""
+    return 0o777 & ~_umask()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename; the old file survives errors.
+
+    The file gets the mode an ordinary ``open`` would give (the umask applies). An OSError (a
+    full disk, a read-only folder, a path whose parent is a file) becomes a one-line
+    :class:`WriteError` naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WorkbenchError(f"{path}: is a folder; expected a file path to write")
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(path, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
@@ -209,12 +250,15 @@ def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str,
         atomic_torch_save({"format": FORMAT, "meta_json": json.dumps(meta, default=str),
                            "state_dict": state}, path)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, dir_mode())
         for name, data in ((WEIGHTS_FILE, weights),
                            (META_FILE, (json.dumps(meta, indent=2, default=str) + "\n").encode())):
-            with open(tmp / name, "wb") as fh:
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -223,13 +267,19 @@ def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str,
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)
+        tmp = None
         if old is not None:
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(path, exc) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
     return path
@@ -245,24 +295,86 @@ def update_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
 
 # -- load -----------------------------------------------------------------------------------
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"),
+          (b"\xff\xd8\xff", "a JPEG image"), (b"BM", "a BMP image"), (b"RIFF", "a RIFF (WebP/WAV) file"),
+          (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+          (b"\x1f\x8b", "a gzip archive"), (b"7z\xbc\xaf", "a 7-zip archive"))
+#: The longest error detail a message quotes (a damaged file can make torch's text huge).
+_DETAIL_CHARS = 160
+
+
+def _short(text: object) -> str:
+    line = (str(text).strip().splitlines() or [""])[0]
+    return line if len(line) <= _DETAIL_CHARS else line[:_DETAIL_CHARS] + "..."
+
+
+def sniff_file_kind(head: bytes) -> str | None:
+    """What a file that is not a torch checkpoint is, from its first bytes (None: may be torch).
+
+    torch.save writes a zip archive (``PK``); files of torch < 1.6 are a pickle (``\\x80``).
+    Anything else is named, so that an image or a text file given as ``.pth`` is reported as
+    what it is rather than as pickled code.
+    """
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        # a cut multi-byte character at the end of the sample is still text
+        try:
+            head[:-3].decode("utf-8")
+            return "a text file" if len(head) > 3 else "unrecognised binary data"
+        except UnicodeDecodeError:
+            return "unrecognised binary data"
+
+
+def describe_load_failure(exc: BaseException) -> str:
+    """One line for a failed ``torch.load(weights_only=True)``, without torch's advice.
+
+    torch's message suggests ``weights_only=False`` "will likely succeed"; this workbench never
+    suggests it (it runs arbitrary code), so only the diagnosis is kept.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        if "GLOBAL" in text or "Unsupported global" in text:
+            return ("refused: the file contains pickled code or objects, not only tensors "
+                    "(loading with weights_only=True)")
+        return "corrupt checkpoint (its pickle data cannot be read)"
+    if isinstance(exc, (zipfile.BadZipFile, EOFError)) or "PytorchStreamReader" in text \
+            or "zip archive" in text:
+        return "truncated or corrupt checkpoint (the torch archive cannot be read)"
+    detail = _short(text) or type(exc).__name__
+    return f"not a readable checkpoint ({type(exc).__name__}: {detail})"
+
+
 def _torch_load(path: Path, data: bytes | None = None) -> Any:
     """torch.load(weights_only=True) with every failure turned into a one-line ArtifactError."""
     try:
+        if data is None:
+            with open(path, "rb") as fh:
+                head = fh.read(64)
+        else:
+            head = data[:64]
+    except OSError as exc:
+        raise ArtifactError(path, f"cannot read ({exc.strerror or exc})") from None
+    kind = sniff_file_kind(head)
+    if kind is not None:
+        raise ArtifactError(path, f"{kind}, not a torch checkpoint")
+    try:
+        import warnings
+
         source = io.BytesIO(data) if data is not None else path
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
-            raise ArtifactError(path, "refused: the file contains pickled code or objects, not only "
-                                      "tensors (loading with weights_only=True)") from None
-        raise ArtifactError(path, f"not a readable checkpoint ({first})") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
-        text = str(exc)
-        if "PytorchStreamReader" in text or "zip archive" in text or isinstance(exc, EOFError):
-            raise ArtifactError(path, "truncated or corrupt checkpoint (the torch archive cannot "
-                                      "be read)") from None
-        line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise ArtifactError(path, f"not a readable checkpoint ({line})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise ArtifactError(path, "corrupt checkpoint (declares more data than fits in memory)") from None
+    except Exception as exc:  # noqa: BLE001 - any damage is reported as one line
+        raise ArtifactError(path, describe_load_failure(exc)) from None
 
 
 def _build_and_load(path: Path, spec: RLFNSpec, state: Mapping[str, torch.Tensor]) -> RLFN:
@@ -271,23 +383,43 @@ def _build_and_load(path: Path, spec: RLFNSpec, state: Mapping[str, torch.Tensor
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        detail = _short("; ".join(lines[1:3]) if len(lines) > 1 else lines[0])
         raise ArtifactError(path, f"weights do not match the architecture it declares ({detail})") from None
     return model
 
 
-def _from_meta(path: Path, meta: Mapping[str, Any], state: Any, sha: str | None) -> Artifact:
+def _check_state(path: Path, state: Any) -> None:
+    if not isinstance(state, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ArtifactError(path, "weights file does not hold a state dict of named tensors")
+
+
+def _from_meta(path: Path, meta: Any, state: Any, sha: str | None) -> Artifact:
+    if not isinstance(meta, Mapping):
+        raise ArtifactError(path, f"corrupt metadata ({META_FILE} holds a {type(meta).__name__}, "
+                                  "not a mapping)")
     if meta.get("format") != FORMAT:
-        raise ArtifactError(path, f"not a workbench artifact (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ArtifactError(path, f"not a workbench artifact (format {_short(repr(meta.get('format')))})")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ArtifactError(path, f"corrupt metadata (format_version {_short(repr(version))} is not "
+                                  "a non-negative integer)")
+    if version > FORMAT_VERSION:
         raise ArtifactError(path, f"written by a newer workbench (format version "
-                                  f"{meta['format_version']} > {FORMAT_VERSION}); upgrade to read it")
+                                  f"{version} > {FORMAT_VERSION}); upgrade to read it")
+    for key in ("metrics", "lineage", "config"):
+        if not isinstance(meta.get(key, {}), Mapping):
+            raise ArtifactError(path, f"corrupt metadata ({key!r} is a "
+                                      f"{type(meta[key]).__name__}, not a mapping)")
     try:
         spec = RLFNSpec.from_dict(meta["architecture"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(path, f"wrong architecture record ({exc})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ArtifactError(path, "weights file does not hold a state dict of tensors")
+        raise ArtifactError(path, f"wrong architecture record ({_short(exc)})") from None
+    _check_state(path, state)
+    declared, held = spec.param_count(), sum(int(v.numel()) for v in state.values())
+    if declared != held:
+        raise ArtifactError(path, f"weights do not match the architecture it declares "
+                                  f"({held:,} values in the weights, {declared:,} declared)")
     model = _build_and_load(path, spec, state)
     return Artifact(model=model, spec=spec, path=path, metrics=dict(meta.get("metrics", {})),
                     lineage=dict(meta.get("lineage", {})), config=dict(meta.get("config", {})),
@@ -309,8 +441,11 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             raise ArtifactError(path, f"not an artifact folder (no {META_FILE})")
         try:
             meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(meta_path, f"corrupt metadata ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ArtifactError(meta_path, f"corrupt metadata ({_short(exc)})") from None
+        if not isinstance(meta, Mapping):
+            raise ArtifactError(meta_path, f"corrupt metadata (holds a {type(meta).__name__}, "
+                                           "not a mapping)")
         if not weights_path.is_file():
             raise ArtifactError(path, f"artifact folder has no {WEIGHTS_FILE}")
         data = weights_path.read_bytes()
@@ -332,18 +467,20 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         try:
             meta = json.loads(obj["meta_json"])
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(path, f"corrupt metadata ({exc})") from None
+        except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ArtifactError(path, f"corrupt metadata ({_short(exc)})") from None
         return _from_meta(path, meta, obj.get("state_dict"), None)
     if not isinstance(obj, Mapping):
         raise ArtifactError(path, f"holds a {type(obj).__name__}, not a state dict")
+    if not all(isinstance(k, str) for k in obj):
+        raise ArtifactError(path, "holds keys that are not names: not a state dict")
     state = normalize_state_dict(obj)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ArtifactError(path, "holds values that are not tensors: not a state dict")
     try:
         spec = spec_from_state_dict(state)
-    except ValueError as exc:
-        raise ArtifactError(path, f"wrong architecture ({exc})") from None
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(path, f"wrong architecture ({_short(exc)})") from None
     model = _build_and_load(path, spec, state)
     return Artifact(model=model, spec=spec, path=path, weights_sha256=sha256_bytes(data),
                     lineage={"source": "state dict file", "file": str(path)})

@@ -54,14 +54,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    import warnings
+
+    caught: list[warnings.WarningMessage] = []
     try:
-        return int(args._run(args) or 0)
+        # Warnings (torch's, PIL's) are held back until the command ends: beside a one-line
+        # error they only confuse, so they are dropped then and shown after a success.
+        with warnings.catch_warnings(record=True) as caught:
+            rc = int(args._run(args) or 0)
     except WorkbenchError as exc:
         print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"workbench {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside the atomic helpers (a plot, a log): still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"workbench {args.command}: error: {where}could not write ({exc.strerror or exc}); "
+              "free some space and rerun", file=sys.stderr)
+        return 2
+    seen = set()
+    for w in caught:
+        key = (str(w.message), w.category, w.filename, w.lineno)
+        if key not in seen:
+            seen.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover

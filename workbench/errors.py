@@ -32,3 +32,27 @@ def short_repr(value: object, limit: int = 80) -> str:
     shortener.maxlong = 40
     text = shortener.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class WriteError(WorkbenchError, OSError):
+    """An output that could not be written (a full disk, a read-only folder), naming the path.
+
+    Still an :class:`OSError` (with ``errno``), so code that handles write failures keeps working;
+    the previous file at ``path``, if any, is left as it was.
+    """
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        OSError.__init__(self, exc.errno, exc.strerror)
+        self.path = path
+        import errno as _errno
+
+        if exc.errno == _errno.ENOSPC:
+            reason = "no space left on device"
+        elif exc.errno == _errno.EDQUOT:
+            reason = "disk quota exceeded"
+        else:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+        self.message = f"{path}: could not write ({reason}); any previous file there is unchanged"
+
+    def __str__(self) -> str:
+        return self.message

@@ -39,7 +39,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' / None -> CUDA when available, else CPU; 'cuda' without a GPU is a WorkbenchError."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise WorkbenchError(f"device {str(device)[:40]!r}: choose auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise WorkbenchError(f"device {str(device)!r} requested but no CUDA GPU is available "
                              "(use --device cpu or auto)")
@@ -93,12 +96,16 @@ def _pairs(pset: Any) -> list[Any]:
     return list(pairs if pairs is not None else pset)
 
 
-def _check_lr_size(name: str, set_name: str, lr: np.ndarray) -> None:
+def _check_lr_size(pair: Any, set_name: str, lr: np.ndarray) -> None:
     from workbench.models import MIN_LR_SIZE
 
     h, w = lr.shape[:2]
     if h < MIN_LR_SIZE or w < MIN_LR_SIZE:
-        raise WorkbenchError(f"{set_name}/{name}: LR image is {w}x{h}; RLFN needs at least "
+        lr_file, hr_file = getattr(pair, "lr_file", None), getattr(pair, "hr_file", None)
+        where = (str(lr_file) if lr_file is not None
+                 else f"{hr_file} (LR made with bicubic)" if hr_file is not None
+                 else f"{set_name}/{pair.name}")
+        raise WorkbenchError(f"{where}: LR image is {w}x{h}; RLFN needs at least "
                              f"{MIN_LR_SIZE}x{MIN_LR_SIZE} (ESA's strided conv and pooling)")
 
 
@@ -116,7 +123,7 @@ def evaluate_set(model: nn.Module, pset: Any, *, device: str | torch.device | No
 
     With ``save_dir`` each SR image is written as ``save_dir/<set>/x<scale>/<image>.png``.
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     set_name = str(getattr(pset, "name", "set"))
     scale = int(getattr(pset, "scale"))
@@ -127,7 +134,7 @@ def evaluate_set(model: nn.Module, pset: Any, *, device: str | torch.device | No
     if not pairs:
         raise WorkbenchError(f"{set_name}: the set holds no images")
     for pair in pairs:  # check everything before spending time on the model
-        _check_lr_size(pair.name, set_name, np.asarray(pair.lr))
+        _check_lr_size(pair, set_name, np.asarray(pair.lr))
     out_dir = Path(save_dir) / set_name / f"x{scale}" if save_dir is not None else None
     if out_dir is not None:
         from workbench.data.images import write_image

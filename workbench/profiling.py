@@ -41,6 +41,15 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float3
 
 # -- argument parsing helpers (used by the CLI and recipes) ----------------------------------
 
+#: Bounds on a profiled input: the activations of a 48-channel RLFN are ~50x the input, so an
+#: unchecked shape can ask for terabytes; 16 megapixels is 4K video and well beyond NTIRE's 2K.
+MAX_BATCH = 64
+MAX_SIDE = 8192
+MAX_INPUT_PIXELS = 16_000_000
+#: Most widths a sweep measures (each is a model built and timed several times).
+MAX_SWEEP_WIDTHS = 128
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """'1x3x256x256' -> (1, 3, 256, 256)."""
     try:
@@ -49,6 +58,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise WorkbenchError(f"input shape {text!r}: expected NxCxHxW, e.g. 1x3x256x256") from None
     if len(shape) != 4 or min(shape) < 1:
         raise WorkbenchError(f"input shape {text!r}: expected four positive sizes NxCxHxW")
+    from workbench.models import MIN_LR_SIZE
+
+    n, c, h, w = shape
+    if min(h, w) < MIN_LR_SIZE:
+        raise WorkbenchError(f"input shape {text!r}: RLFN needs H and W of at least {MIN_LR_SIZE} "
+                             "(ESA's strided conv and 7x7 max-pool)")
+    if c > 4 or n > MAX_BATCH or max(h, w) > MAX_SIDE or n * h * w > MAX_INPUT_PIXELS:
+        raise WorkbenchError(f"input shape {text!r}: too large (at most {MAX_BATCH} images, 4 "
+                             f"channels, sides of {MAX_SIDE} and {MAX_INPUT_PIXELS // 1_000_000} "
+                             "megapixels in all)")
     return shape
 
 
@@ -73,6 +92,9 @@ def parse_range(text: str) -> list[int]:
             step = parts[2] if len(parts) == 3 else 1
             if step < 1 or stop < start:
                 raise ValueError
+            if (stop - start) // step + 1 > MAX_SWEEP_WIDTHS:
+                raise WorkbenchError(f"width range {text!r}: {(stop - start) // step + 1} widths; "
+                                     f"at most {MAX_SWEEP_WIDTHS}")
             values = list(range(start, stop + 1, step))
         else:
             values = [int(p) for p in text.split(",") if p.strip()]
@@ -81,6 +103,11 @@ def parse_range(text: str) -> list[int]:
                              "32:64:2) or a comma list (32,40,48)") from None
     if not values or min(values) < 1:
         raise WorkbenchError(f"width range {text!r}: widths must be positive")
+    from workbench.models.rlfn import MAX_WIDTH
+
+    if max(values) > MAX_WIDTH or len(values) > MAX_SWEEP_WIDTHS:
+        raise WorkbenchError(f"width range {text!r}: at most {MAX_SWEEP_WIDTHS} widths, each at most "
+                             f"{MAX_WIDTH}")
     return values
 
 
@@ -490,7 +517,7 @@ def ntire_latency(model: nn.Module, lr_folder_or_set: Any, *, device: str | torc
     HWC arrays. The first image is run ``warmup`` times first; each image is then timed once
     (host-to-device copy excluded, device synchronised).
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     dev = _resolve(device)
     dt = parse_dtype(dtype)

@@ -80,6 +80,11 @@ def _download(args: argparse.Namespace) -> int:
 
     if args.retries < 0:
         raise WorkbenchError(f"--retries must be >= 0, got {args.retries}")
+    if not args.timeout > 0:
+        raise WorkbenchError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    from workbench.outputs import check_output_dir
+
+    check_output_dir(args.root, "--root")
     fetched = download_dataset(args.dataset, args.root, scales=args.scales, valid=not args.no_valid,
                                url=args.url, checksum=args.checksum, keep_archives=args.keep_archives,
                                retries=args.retries, timeout=args.timeout)
@@ -91,13 +96,16 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _make_lr(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     from workbench.data.images import list_images, mod_crop, read_image, write_image
     from workbench.data.imresize import downscale
 
+    from workbench.outputs import check_output_dir
+
     if args.scale < 1:
         raise WorkbenchError(f"--scale must be >= 1, got {args.scale}")
+    check_output_dir(args.out_dir, "OUT_DIR")
     files = list_images(args.hr_dir)
     if not files:
         raise WorkbenchError(f"{args.hr_dir}: no images found")

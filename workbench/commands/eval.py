@@ -17,7 +17,7 @@ With neither --sets nor --data-root the embedded Set5 is used (no download neede
 
 examples:
   workbench eval --model rlfn_s_x4
-  workbench eval --model rlfn_x4 runs/ntire22/sfp/artifact --sets Set5 Set14 \\
+  workbench eval --model rlfn_x4 runs/ntire22/05-sfp/artifact --sets Set5 Set14 \\
       --data-root ../shared/data --out results.json --save-sr sr/
 """
 
@@ -48,10 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _labels(refs: list[str]) -> list[str]:
+    """Short unique names for the models: a run's stage artifact (runs/R/03-sfp/artifact) is
+    "R/sfp", a file its stem, a model name itself."""
+    import re
+
     labels: list[str] = []
     for ref in refs:
         p = Path(ref)
         base = p.stem if p.suffix in (".pt", ".pth") else (p.name or str(ref))
+        if p.name == "artifact" and p.parent.name:
+            stage = re.sub(r"^\d+-", "", p.parent.name)
+            run = p.parent.parent.name
+            base = f"{run}/{stage}" if run else stage
         label, n = base, 2
         while label in labels:
             label, n = f"{base}#{n}", n + 1
@@ -63,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from workbench.artifacts import atomic_write_json, environment, load_model
     from workbench.evaluate import evaluate, format_table, resolve_device, results_to_json
 
+    from workbench.outputs import check_output_dir, check_output_file
+
+    check_output_file(args.out, "--out")
+    check_output_dir(args.save_sr, "--save-sr")
     device = resolve_device(args.device)
     if args.deploy is not None:
         from workbench.deploy import check_mode, prepare

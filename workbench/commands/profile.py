@@ -35,7 +35,7 @@ them as JSON. On a shared machine, quote ratios measured in one run rather than 
 
 examples:
   workbench profile --model rlfn_ntire_x4
-  workbench profile --model runs/x/sfp/artifact --threads 2 --repeats 50 --out profile.json
+  workbench profile --model runs/ntire22/05-sfp/artifact --threads 2 --repeats 50 --out profile.json
   workbench profile --model rlfn_s_x4 --ntire-folder ../shared/data/Set14/LR_bicubic/X4
   workbench profile --model rlfn_s_x4 --sweep 32:64:2 --sweep-dir sweep/
   workbench profile --model rlfn_ntire_x4 --deploy fused      # the deploy path's latency
@@ -205,7 +205,14 @@ def run_single(args: argparse.Namespace) -> int:
                                      parse_range, parse_shape, plot_sweep, sweep_trunk_widths,
                                      write_sweep_csv)
 
+    from workbench.outputs import check_output_dir, check_output_file
+
     shape = parse_shape(args.input)
+    check_output_file(args.out, "--out")
+    if args.sweep:
+        check_output_dir(args.sweep_dir, "--sweep-dir")
+    if args.threads is not None and args.threads < 1:
+        raise WorkbenchError(f"--threads must be >= 1, got {args.threads}")
     dtype = parse_dtype(args.dtype)
     if args.repeats < 1 or args.warmup < 0:
         raise WorkbenchError("--repeats must be >= 1 and --warmup >= 0")

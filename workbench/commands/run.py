@@ -70,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from workbench.recipes.engine import run_recipe
     from workbench.recipes.loader import load_recipe
 
+    import re
+
+    from workbench.errors import WorkbenchError
+
+    if args.device is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
+        raise WorkbenchError(f"--device {args.device!r}: choose auto, cpu, cuda or cuda:N")
+    if args.run_dir is not None and Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
+        raise WorkbenchError(f"--run-dir {args.run_dir}: is a file; a run folder is a folder")
     recipe = load_recipe(args.recipe, smoke=args.smoke, overrides=args.overrides)
     if args.from_id is not None:
         recipe.stage(args.from_id)  # unknown id: error before anything happens

@@ -186,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
     from workbench.search.study import run_search
 
     check_leakage(args)
+    from workbench.outputs import check_output_dir, check_output_file
+
+    check_output_file(args.latency_cache, "--latency-cache")
+    check_output_dir(args.out, "--out")
     job = job_from_args(args)
     summary = run_search(job, workers=args.workers, compare_rounds=args.compare_rounds)
     print(format_summary(summary))

@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.latency_repeats < 1:
         raise WorkbenchError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
+    from workbench.outputs import check_output_dir
+
+    check_output_dir(args.out, "--out")
+    latency_shape = parse_shape(args.latency_shape)
     art = load_model(args.model)
     label = Path(str(args.model)).stem if Path(str(args.model)).suffix in (".pt", ".pth") \
         else Path(str(args.model)).name
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     pset = load_set(args.set, art.spec.scale, data_root=args.data_root)
     result = analyze(art.model, pset, ratios=args.ratios, criterion=args.criterion,
                      groups=args.groups, latency=args.latency,
-                     latency_shape=parse_shape(args.latency_shape),
+                     latency_shape=latency_shape,
                      latency_repeats=args.latency_repeats, deploy=args.deploy, device=args.device,
                      use_cache=not args.no_cache, progress=not args.no_progress,
                      model_name=label)

@@ -42,6 +42,9 @@ class ImagePair:
     name: str
     hr: np.ndarray
     lr: np.ndarray
+    #: The files they were read from (``lr_file`` is None when LR was made with bicubic).
+    hr_file: Path | None = None
+    lr_file: Path | None = None
 
 
 @dataclass
@@ -153,7 +156,7 @@ def check_pair_sizes(hr_shape: tuple[int, ...], lr_shape: tuple[int, ...], scale
 
 
 def _progress(items: list, desc: str):
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     return tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 8 or None)
 
@@ -185,6 +188,7 @@ def load_set(ref: str | Path, scale: int, *, data_root: Path | None = None,
         hr = mod_crop(read_image(hr_file), scale)
         if hr.shape[0] < scale or hr.shape[1] < scale:
             raise WorkbenchError(f"{hr_file}: image is smaller than the scale {scale}")
+        lr_file = None
         if lr_dir is None:
             lr = downscale(hr, scale)
         else:
@@ -194,5 +198,5 @@ def load_set(ref: str | Path, scale: int, *, data_root: Path | None = None,
                                      f"for HR {hr_file}")
             lr = read_image(lr_file)
             check_pair_sizes(hr.shape, lr.shape, scale, hr_file=hr_file, lr_file=lr_file)
-        pairs.append(ImagePair(name=hr_file.stem, hr=hr, lr=lr))
+        pairs.append(ImagePair(name=hr_file.stem, hr=hr, lr=lr, hr_file=hr_file, lr_file=lr_file))
     return PairedSet(name=name, scale=scale, root=folder, pairs=pairs, embedded=embedded)

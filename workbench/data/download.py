@@ -157,7 +157,7 @@ def parse_checksum(text: str) -> tuple[str, str]:
 
 def file_digest(path: Path, algo: str, *, progress: bool = True) -> str:
     """Hex digest of a file, read in 1 MiB chunks with a progress bar for big files."""
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     digest = hashlib.new(algo)
     size = path.stat().st_size
@@ -197,7 +197,7 @@ def _total_size(response, start: int) -> int | None:
 
 def _fetch_once(url: str, part: Path, *, expected_size: int | None, timeout: float, progress: bool) -> None:
     """Append the rest of ``url`` to ``part`` (one HTTP request). Raises on an interrupted transfer."""
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     start = part.stat().st_size if part.exists() else 0
     if expected_size is not None and start > expected_size:

@@ -20,6 +20,14 @@ from workbench.errors import WorkbenchError
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp",
                                    ".ppm", ".pgm", ".pnm")
 
+#: Largest image (in pixels) the workbench decodes: 64 megapixels (8000x8000) is far beyond any
+#: SR benchmark or training image (DIV2K is about 3), and refuses decompression bombs (a few KB
+#: of PNG that would decode to gigabytes) before any pixel is allocated.
+MAX_PIXELS = 64_000_000
+# Pillow refuses images of more than twice this and only warns between: warn at our limit and
+# turn the warning into an error below, so nothing between the two gets through.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
 # 16-bit and 32-bit integer grayscale modes that Pillow does not convert to RGB with full range.
 _WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -44,6 +52,19 @@ def _to_rgb(img: Image.Image, path: Path) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _open(path: Path) -> Image.Image:
+    """Image.open with the pixel limit enforced as a one-line WorkbenchError."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise WorkbenchError(f"{path}: image has more than {MAX_PIXELS // 1_000_000} megapixels, "
+                             "the most this workbench decodes (a decompression bomb?)") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as a uint8 (H, W, 3) RGB array.
 
@@ -56,12 +77,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise WorkbenchError(f"{path}: image file does not exist")
     if not path.is_file():
         raise WorkbenchError(f"{path}: is not a file (expected an image)")
+    import warnings
+
     try:
-        with Image.open(path) as img:
+        with _open(path) as img, warnings.catch_warnings():
+            # Pillow's warnings (corrupt EXIF, palette transparency) would print beside the
+            # one-line error or the results; what they warn about is handled here.
+            warnings.simplefilter("ignore")
             img.load()
             return _to_rgb(img, path)
     except WorkbenchError:
         raise
+    except MemoryError:
+        raise WorkbenchError(f"{path}: image too large to decode in memory") from None
     except UnidentifiedImageError:
         raise WorkbenchError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -72,7 +100,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image file, read from its header without decoding the pixels."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             width, height = img.size
     except FileNotFoundError:
         raise WorkbenchError(f"{path}: image file does not exist") from None

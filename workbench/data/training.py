@@ -196,7 +196,7 @@ class PatchDataset(Dataset):
     def _check_and_load(self) -> None:
         """Check every size from the file headers first (an error costs no decoding), then
         decode the images into memory when caching."""
-        from tqdm import tqdm
+        from workbench.progress import tqdm
 
         s, p = self.scale, self.patch_size
         for k, hr_file in enumerate(self.hr_files):

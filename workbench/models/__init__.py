@@ -37,7 +37,10 @@ def parse_model_name(name: str) -> tuple[str, int]:
     """'rlfn_s_x4' -> ('rlfn_s', 4). Raises WorkbenchError with the known names otherwise."""
     match = re.fullmatch(r"(?P<preset>[a-z0-9_]+?)_x(?P<scale>\d+)", name)
     if not match or match["preset"] not in PRESETS:
-        raise WorkbenchError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        raise WorkbenchError(f"unknown model {name[:60]!r}; known: {', '.join(list_models())}")
+    if int(match["scale"]) not in SCALES:
+        raise WorkbenchError(f"model {name!r}: scale x{match['scale']} is not one of "
+                             f"{', '.join(f'x{s}' for s in SCALES)}")
     return match["preset"], int(match["scale"])
 
 

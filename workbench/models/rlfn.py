@@ -17,6 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 MIN_LR_SIZE = 15  # ESA: conv2 (3x3, stride 2, no pad) then max-pool k7 s3 needs at least 15x15
+#: Largest channel width and block count a spec may declare: a hand-edited or damaged
+#: architecture record (trunk 10^12) must be refused before anything is allocated.
+MAX_WIDTH = 4096
+MAX_BLOCKS = 64
+#: Largest parameter count a spec may declare (400 MB of fp32 weights; the release has 0.5 M).
+MAX_PARAMS = 100_000_000
+
+
+def _check_width(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WIDTH:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise ValueError(f"{owner}.{name} must be an integer from 1 to {MAX_WIDTH}, got {shown}")
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,7 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BlockSpec.{name} must be a positive integer, got {value!r}")
+            _check_width("BlockSpec", name, value)
 
 
 @dataclass(frozen=True)
@@ -54,14 +66,46 @@ class RLFNSpec:
     out_channels: int = 3
 
     def __post_init__(self) -> None:
-        if self.scale not in (1, 2, 3, 4, 8):
-            raise ValueError(f"RLFNSpec.scale must be one of 1, 2, 3, 4, 8, got {self.scale!r}")
-        if not isinstance(self.trunk, int) or self.trunk < 1:
-            raise ValueError(f"RLFNSpec.trunk must be a positive integer, got {self.trunk!r}")
-        if len(self.blocks) < 1:
-            raise ValueError("RLFNSpec needs at least one block")
-        blocks = tuple(b if isinstance(b, BlockSpec) else BlockSpec(**b) for b in self.blocks)
-        object.__setattr__(self, "blocks", blocks)
+        if isinstance(self.scale, bool) or self.scale not in (1, 2, 3, 4, 8):
+            shown = repr(self.scale)[:40]
+            raise ValueError(f"RLFNSpec.scale must be one of 1, 2, 3, 4, 8, got {shown}")
+        _check_width("RLFNSpec", "trunk", self.trunk)
+        for name in ("in_channels", "out_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4:
+                raise ValueError(f"RLFNSpec.{name} must be an integer from 1 to 4, got "
+                                 f"{repr(value)[:40]}")
+        if not isinstance(self.blocks, (tuple, list)) or not 1 <= len(self.blocks) <= MAX_BLOCKS:
+            raise ValueError(f"RLFNSpec needs a list of 1 to {MAX_BLOCKS} blocks")
+        blocks = []
+        for b in self.blocks:
+            if isinstance(b, BlockSpec):
+                blocks.append(b)
+            elif isinstance(b, Mapping):
+                blocks.append(BlockSpec(**b))
+            else:
+                raise ValueError(f"RLFNSpec: a block must be a mapping of widths, got "
+                                 f"{type(b).__name__}")
+        object.__setattr__(self, "blocks", tuple(blocks))
+        if self.param_count() > MAX_PARAMS:
+            raise ValueError(f"RLFNSpec declares {self.param_count():,} parameters, more than the "
+                             f"{MAX_PARAMS:,} this workbench builds")
+
+    def param_count(self) -> int:
+        """Parameters of the model this spec builds, computed without building it."""
+        def conv(cin: int, cout: int, k: int) -> int:
+            return cin * cout * k * k + cout
+
+        total = conv(self.in_channels, self.trunk, 3)
+        for i, b in enumerate(self.blocks):
+            cin = self.block_in(i)
+            total += (conv(cin, b.mid1, 3) + conv(b.mid1, b.mid2, 3) + conv(b.mid2, cin, 3)
+                      + conv(cin, b.out, 1) + conv(b.out, b.esa, 1) + conv(b.esa, b.esa_fuse, 1)
+                      + conv(b.esa, b.esa_inner, 3) + conv(b.esa_inner, b.esa_fuse, 3)
+                      + conv(b.esa_fuse, b.out, 1))
+        total += conv(self.blocks[-1].out, self.trunk, 3)
+        total += conv(self.trunk, self.out_channels * self.scale ** 2, 3)
+        return total
 
     # -- construction helpers -------------------------------------------------------------
     @classmethod
@@ -69,6 +113,8 @@ class RLFNSpec:
                 blocks: int = 6) -> "RLFNSpec":
         """The release's shape: one trunk width everywhere, one middle width, one ESA width."""
         mid = feature if mid is None else mid
+        if not isinstance(blocks, int) or not 1 <= blocks <= MAX_BLOCKS:
+            raise ValueError(f"blocks must be an integer from 1 to {MAX_BLOCKS}, got {repr(blocks)[:40]}")
         return cls(scale=scale, trunk=feature,
                    blocks=tuple(BlockSpec(mid, mid, feature, esa, esa, esa) for _ in range(blocks)))
 
@@ -79,6 +125,8 @@ class RLFNSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RLFNSpec":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"the architecture must be a mapping, not {type(data).__name__}")
         data = dict(data)
         arch = data.pop("arch", "rlfn")
         if arch != "rlfn":
@@ -87,7 +135,14 @@ class RLFNSpec:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")
-        blocks = tuple(BlockSpec(**b) for b in data.pop("blocks"))
+        if "blocks" not in data:
+            raise ValueError("the architecture has no 'blocks'")
+        raw = data.pop("blocks")
+        if not isinstance(raw, list) or not all(isinstance(b, Mapping) for b in raw):
+            raise ValueError("'blocks' must be a list of mappings of widths")
+        if len(raw) > MAX_BLOCKS:
+            raise ValueError(f"{len(raw)} blocks: at most {MAX_BLOCKS}")
+        blocks = tuple(BlockSpec(**b) for b in raw)
         return cls(blocks=blocks, **data)
 
     def block_in(self, index: int) -> int:
@@ -117,14 +172,28 @@ class RLFNSpec:
         return replace(self, trunk=trunk, blocks=tuple(BlockSpec(**b) for b in blocks))
 
     def describe(self) -> str:
-        widths = {b.out for b in self.blocks} | {self.trunk}
-        mids = {(b.mid1, b.mid2) for b in self.blocks}
-        esas = {(b.esa, b.esa_inner, b.esa_fuse) for b in self.blocks}
-        if len(widths) == 1 and len(mids) == 1 and len(esas) == 1:
-            (m1, m2), (e1, _, _) = next(iter(mids)), next(iter(esas))
-            mid = m1 if m1 == m2 else f"{m1}/{m2}"
-            return f"RLFN x{self.scale}: trunk {self.trunk}, mid {mid}, ESA {e1}, {self.num_blocks} blocks"
-        return f"RLFN x{self.scale}: {self.num_blocks} blocks, non-uniform widths {group_widths(self)}"
+        """One short line of the widths: uniform ones once, per-block ones as a list.
+
+        ``mid A/B`` is c1_r/c2_r; ``ESA R/I/F`` is reduce (conv1), inner (conv2) and fuse
+        (conv_f/conv3), shown as one number when equal.
+        """
+        def same(values: list) -> str:
+            return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
+
+        def joined(*lists: list) -> str:
+            if all(lst == lists[0] for lst in lists):
+                return same(lists[0])
+            return "/".join(same(lst) for lst in lists)
+
+        outs = [b.out for b in self.blocks]
+        if set(outs) == {self.trunk}:
+            trunk = f"trunk {self.trunk}"
+        else:
+            trunk = f"trunk {self.trunk}, block outputs {same(outs)}"
+        mid = joined([b.mid1 for b in self.blocks], [b.mid2 for b in self.blocks])
+        esa = joined([b.esa for b in self.blocks], [b.esa_inner for b in self.blocks],
+                     [b.esa_fuse for b in self.blocks])
+        return f"RLFN x{self.scale}: {trunk}, mid {mid}, ESA {esa}, {self.num_blocks} blocks"
 
 
 _BLOCK_FIELDS = {"mid1": "mid1", "mid2": "mid2", "esa.reduce": "esa", "esa.inner": "esa_inner",
@@ -252,7 +321,10 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor], *, scale: int | None
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
             raise ValueError(f"missing key {key!r}: not an RLFN state dict")
-        return tuple(state[key].shape)
+        dims = tuple(getattr(state[key], "shape", ()))
+        if len(dims) != 4:
+            raise ValueError(f"{key!r} has shape {list(dims)}: a conv weight has 4 dimensions")
+        return dims
 
     trunk = shape("conv_1.weight")[0]
     in_channels = shape("conv_1.weight")[1]

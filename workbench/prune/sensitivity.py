@@ -9,7 +9,7 @@ Latency is measured in a named deploy mode (default the device's fastest fp32 mo
 :func:`workbench.deploy.default_mode`), each pruned model *interleaved with the unpruned
 baseline* (A B A B ..., ``latency_repeats`` pairs): the per-pair ratio cancels the drift of a
 shared machine, and its spread (median, p10-p90, IQR) says whether a saving is real.
-:func:`write_outputs` draws the PSNR drop against the latency saved (``tradeoff.png``).
+:func:`write_outputs` draws the PSNR drop against the latency saved (``latency_tradeoff.png``; ``tradeoff.png`` against params, FLOPs and latency saved).
 
 Cost: a prune changes the network only from the first layer whose weights change onwards, so the
 activations in front of that layer are computed once per image from the unpruned model and reused
@@ -275,7 +275,7 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     with the baseline (A B A B ...); a row holds the candidate's median ``latency_ms``, the
     median per-pair ``latency_ratio`` with its p10/p90/IQR, and ``latency_saved_pct``.
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     from workbench.evaluate import resolve_device
     from workbench.profiling import interleaved_times, ntire_counts, round_ratios, spread
@@ -477,6 +477,45 @@ def _plot_overview(result: SensitivityResult):
     return fig
 
 
+def _tradeoff_axes(result: SensitivityResult) -> list[tuple[str, str, Any]]:
+    """(row key, axis label, value) for each saving the rows can be plotted against."""
+    axes = [("params_saved", "parameters saved", lambda r: r["params_saved"]),
+            ("gflops_saved", "GFLOPs saved (NTIRE counting)", lambda r: r["gflops_saved"])]
+    base_ms = result.baseline.get("latency_ms")
+    if base_ms and all(r.get("latency_ms") is not None for r in result.rows):
+        axes.append(("latency_saved", "latency saved (ms, measured)",
+                     lambda r: base_ms - r["latency_ms"]))
+    return axes
+
+
+def _plot_tradeoff(result: SensitivityResult):
+    """What each cut buys: PSNR drop against parameters, FLOPs and (when measured) latency saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_spec = _tradeoff_axes(result)
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec), 4.4), dpi=100,
+                             sharey=True, squeeze=False, layout="constrained")
+    colors = {k: f"C{i}" for i, k in enumerate(KIND_ORDER)}
+    for ax, (_, label, value) in zip(axes[0], axes_spec):
+        for group in dict.fromkeys(r["group"] for r in result.rows):
+            rows = sorted((r for r in result.rows if r["group"] == group), key=lambda r: r["ratio"])
+            ax.plot([value(r) for r in rows], [r["psnr_drop"] for r in rows], "o-", ms=3, lw=0.8,
+                    alpha=0.8, color=colors.get(rows[0]["kind"], "0.5"))
+        ax.set_xlabel(label)
+        ax.axhline(0.0, color="0.3", lw=0.6)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Y-PSNR drop (dB, no retraining)")
+    handles = [plt.Line2D([], [], color=c, marker="o", ms=3) for c in colors.values()]
+    fig.legend(handles, list(colors), fontsize=8, loc="outside right center")
+    note = "" if len(axes_spec) == 3 else " (latency not measured: --latency adds it)"
+    fig.suptitle(f"What each cut buys: {result.model} on {result.set_name}, one line per group, "
+                 f"points at ratios {', '.join(f'{r:g}' for r in result.ratios)}{note}", fontsize=9)
+    return fig
+
+
 def _plot_ranking(result: SensitivityResult):
     import matplotlib
 
@@ -487,10 +526,11 @@ def _plot_ranking(result: SensitivityResult):
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(ranking) + 1)), dpi=100)
     colors = {k: f"C{i}" for i, k in enumerate(KIND_ORDER)}
     ys = np.arange(len(ranking))[::-1]
-    ax.barh(ys, [max(r["mean_drop"], 1e-4) for r in ranking],
+    # a linear axis: a log axis makes 0.001 dB and 0.01 dB look a whole step apart
+    ax.barh(ys, [r["mean_drop"] for r in ranking],
             color=[colors.get(r["kind"], "0.5") for r in ranking])
     ax.set_yticks(ys, [r["group"] for r in ranking], fontsize=7)
-    ax.set_xscale("log")
+    ax.axvline(0.0, color="0.3", lw=0.6)
     ax.set_xlabel(f"mean Y-PSNR drop over ratios {', '.join(f'{r:g}' for r in result.ratios)} (dB)")
     ax.set_title("groups ranked, most redundant at the top", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
@@ -510,7 +550,7 @@ def _frontier(points: Sequence[tuple[float, float, Any]]) -> list[Any]:
     return best
 
 
-def _plot_tradeoff(result: SensitivityResult):
+def _plot_latency_tradeoff(result: SensitivityResult):
     """PSNR drop against latency saved: one point per (group, ratio), what each cut buys.
 
     Horizontal bars span the p10-p90 of the per-pair latency ratio; colours are group kinds.
@@ -556,6 +596,17 @@ def _plot_tradeoff(result: SensitivityResult):
     return fig
 
 
+def _save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
+    """savefig through the atomic writer: a full disk is one line and keeps the old PNG."""
+    import io
+
+    from workbench.artifacts import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
                   tensorboard: bool = True, plots: bool = True) -> dict[str, Path]:
     """Write results.json, sensitivity.csv (every row), ranking.csv, one PNG per group under
@@ -596,17 +647,18 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
         plot_dir.mkdir(exist_ok=True)
         for group in dict.fromkeys(r["group"] for r in result.rows):
             fig = _plot_group(result, group)
-            fig.savefig(plot_dir / f"{group}.png")
+            _save_figure(fig, plot_dir / f"{group}.png")
             if writer is not None:
                 writer.add_figure(f"group/{group}", fig)
             plt.close(fig)
         makers = [("overview", _plot_overview, "overview.png"),
-                  ("ranking_plot", _plot_ranking, "ranking.png")]
+                  ("ranking_plot", _plot_ranking, "ranking.png"),
+                  ("tradeoff", _plot_tradeoff, "tradeoff.png")]
         if any(r.get("latency_ratio") is not None for r in result.rows):
-            makers.append(("tradeoff", _plot_tradeoff, "tradeoff.png"))
+            makers.append(("latency_tradeoff", _plot_latency_tradeoff, "latency_tradeoff.png"))
         for key, maker, fname in makers:
             fig = maker(result)
-            fig.savefig(out / fname)
+            _save_figure(fig, out / fname, bbox_inches="tight")
             if writer is not None:
                 writer.add_figure(key, fig)
             plt.close(fig)

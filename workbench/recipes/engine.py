@@ -61,7 +61,7 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
+            from workbench.progress import tqdm
 
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
@@ -289,6 +289,28 @@ def _run_recipe(recipe: Recipe, *, run_dir: Path, from_id: str | None, device: s
     return records
 
 
+class _LazyWriter:
+    """A TensorBoard SummaryWriter made on first use, so stages that log nothing (search,
+    evaluate) leave no empty event file behind."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._writer: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self._log_dir))
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
 def _run_stage(recipe: Recipe, plan: StagePlan, *, stage_dir: Path, run_dir: Path, parent: Path | None,
                model_ref: str, device: torch.device, dist_info: Any, progress: bool, fingerprint: str,
                total: int) -> dict[str, Any]:
@@ -306,9 +328,7 @@ def _run_stage(recipe: Recipe, plan: StagePlan, *, stage_dir: Path, run_dir: Pat
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("workbench").addHandler(handler)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(stage_dir / "tb"))
+        writer = _LazyWriter(stage_dir / "tb")
     ctx = StageContext(run_dir=run_dir, stage_dir=stage_dir, stage_id=plan.id, stage_index=plan.index,
                        parent=parent, model_ref=model_ref, scale=recipe.scale, seed=recipe.config.seed,
                        device=device, smoke=recipe.smoke, data=to_plain(recipe.config.data),

@@ -750,6 +750,8 @@ def load_recipe(path: str | Path, *, smoke: bool = False, overrides: Sequence[st
                 check_paths: bool = True) -> Recipe:
     """Read and validate a recipe file (see the module docstring); raise RecipeError (exit 2)."""
     path = Path(path)
+    if path.is_dir():
+        raise WorkbenchError(f"{path}: is a folder; a recipe is a YAML file (e.g. recipes/ntire22.yaml)")
     if not path.is_file():
         raise WorkbenchError(f"{path}: no such recipe file")
     try:

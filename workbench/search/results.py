@@ -56,7 +56,9 @@ def trial_rows(study: "optuna.Study") -> list[TrialRow]:
         feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in constraints.values())
         worker = u.get("worker") or {}
         rows.append(TrialRow(
-            number=t.number, state=t.state.name + (" (abandoned)" if u.get("abandoned") else ""),
+            number=t.number, state=t.state.name + (" (abandoned)" if u.get("abandoned") else
+                                                   " (skipped duplicate)" if u.get("skipped_duplicate")
+                                                   else ""),
             summary=u.get("summary", ""), params=u.get("params"), latency_ms=u.get("latency_ms"),
             psnr_y=u.get("psnr_y"), psnr_pruned=u.get("psnr_pruned"), feasible=feasible,
             duplicate_of=u.get("duplicate_of"), candidate=u.get("candidate"),
@@ -132,8 +134,25 @@ def markdown_table(front: list[TrialRow], attrs: dict[str, Any], best: TrialRow 
     return "\n".join(lines) + "\n"
 
 
+def _focus_range(done: list[TrialRow], attrs: dict[str, Any]) -> tuple[float, float] | None:
+    """The PSNR range that matters: feasible trials, the parent, the reference and the floor.
+
+    Infeasible candidates far below (a pruned model at 8 dB) would otherwise flatten it; they
+    are drawn at the bottom edge and counted in a note instead.
+    """
+    keys = [r.psnr_y for r in done if r.feasible]
+    keys += [attrs[k] for k in ("parent_psnr_y", "reference_psnr_y", "psnr_floor")
+             if isinstance(attrs.get(k), (int, float)) and math.isfinite(attrs[k])]
+    if not keys:
+        return None
+    lo, hi = min(keys), max(keys)
+    pad = max(0.05, 0.15 * (hi - lo))
+    return lo - max(4 * pad, 0.25), hi + pad
+
+
 def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: dict[str, Any],
-               best: TrialRow | None, *, title: str, front_all: list[TrialRow] | None = None) -> None:
+               best: TrialRow | None, *, title: str, front_all: list[TrialRow] | None = None,
+               conditions: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +160,9 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     done = [r for r in rows if r.psnr_y is not None and r.latency_ms is not None]
+    focus = _focus_range(done, attrs)
+    clipped = [r for r in done if focus is not None and r.psnr_y < focus[0]]
+    done = [r for r in done if r not in clipped]
     feas = [r for r in done if r.feasible]
     infeas = [r for r in done if not r.feasible]
     if feas:
@@ -172,16 +194,27 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
         ax.axhline(attrs["psnr_floor"], ls="--", c="tab:orange", lw=0.8, label="PSNR floor")
     if attrs.get("latency_budget_ms") is not None:
         ax.axvline(attrs["latency_budget_ms"], ls="--", c="tab:purple", lw=0.8, label="latency budget")
-    ax.set_xlabel(f"latency (ms, {attrs.get('latency_statistic', 'median')}) on {attrs.get('device_name', '')}"[:90])
+    if focus is not None:
+        ax.set_ylim(*focus)
+    if clipped:
+        # far below the region that matters: marked on the bottom edge, with their lowest PSNR
+        ax.scatter([r.latency_ms for r in clipped], [focus[0]] * len(clipped), marker="v", s=28,
+                   c="tab:gray", clip_on=False, zorder=4,
+                   label=f"{len(clipped)} infeasible below (down to {min(r.psnr_y for r in clipped):.1f} dB)")
+    device = attrs.get("device_name", "")
+    ax.set_xlabel(f"latency (ms, {attrs.get('latency_statistic', 'median')}) on {device}"[:80]
+                  + (f"\n{conditions}" if conditions else ""), fontsize=8)
     ax.set_ylabel(f"PSNR-Y (dB) on {attrs.get('eval_set', '')}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    # outside the axes: inside, the legend hid points of the front
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    from workbench.artifacts import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")   # labels and the legend are not clipped
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def export_best(best: TrialRow, job: "SearchJob", attrs: dict[str, Any], dest: Path) -> Path:
@@ -228,13 +261,20 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
              f"mode {job.latency.deploy}")
     front_all = front_rows(rows, feasible_only=False)
     write_csv(out / "pareto_unconstrained.csv", front_all, parent_latency=attrs.get("parent_latency_ms"))
-    plot_front(out / "pareto.png", rows, front, attrs, best, title=title, front_all=front_all)
+    lat = job.latency
+    conditions = (f"input {'x'.join(map(str, lat.input_shape))}, {lat.dtype}, "
+                  f"{lat.threads or lat.resolved_threads()} threads"
+                  + ("" if lat.threads else " (torch's default)")
+                  + (f", NTIRE protocol on {lat.ntire_folder}" if lat.ntire_folder else ""))
+    plot_front(out / "pareto.png", rows, front, attrs, best, title=title, front_all=front_all,
+               conditions=conditions)
 
     summary: dict[str, Any] = {
         "study": job.study_name, "storage": _public_url(job), "objective": job.objective.objective,
-        "trials": {"counted": sum(1 for r in rows if "abandoned" not in r.state),
+        "trials": {"counted": sum(1 for r in rows if "(" not in r.state),
                    "complete": sum(r.state == "COMPLETE" for r in rows),
-                   "failed": sum(r.state.startswith("FAIL") for r in rows),
+                   "failed": sum(r.state.startswith("FAIL") and "(" not in r.state for r in rows),
+                   "skipped_duplicates": sum("skipped duplicate" in r.state for r in rows),
                    "distinct_configs": len({r.spec_key for r in rows if r.spec_key})},
         "parent": {k[len("parent_"):]: v for k, v in attrs.items() if k.startswith("parent_")},
         "psnr_floor": attrs.get("psnr_floor"), "latency_budget_ms": attrs.get("latency_budget_ms"),
@@ -277,11 +317,40 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
                 "rounds": compare_rounds, "input_shape": list(job.latency.input_shape),
                 "threads": job.latency.threads, "deploy_mode": job.latency.deploy, "all": side,
                 "note": "fresh interleaved measurement in one process (not from the cache)"}
+            summary["side_by_side"].update(_explain_side_by_side(study, best, attrs, side))
             if "reference" in side:
                 summary["side_by_side"]["reference_ms"] = side["reference"]["median_ms"]
                 summary["side_by_side"]["reference_ratio"] = side["reference"]["median_ms"] / side["parent"]["median_ms"]
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _explain_side_by_side(study: "optuna.Study", best: TrialRow, attrs: dict[str, Any],
+                          side: dict[str, Any]) -> dict[str, Any]:
+    """Why the side-by-side times can differ from the per-trial ones, from the records.
+
+    Per-trial latencies come from the persistent latency cache when the configuration was timed
+    before (by this study, another study or an earlier run), so they may have been measured
+    hours apart and under another load; the side-by-side is timed now, interleaved. On a shared
+    machine the load, not the model, then sets the absolute times (a smoke run here: 88.5 ms
+    from the cache against 1679 ms fresh for the parent's own widths, with another trial measured
+    fresh at 1623 ms); the ratio within one measurement stays meaningful.
+    """
+    record = study.trials[best.number].user_attrs.get("latency") or {}
+    per_trial_parent = attrs.get("parent_latency_ms")
+    out: dict[str, Any] = {"per_trial_parent_ms": per_trial_parent, "per_trial_best_ms": best.latency_ms,
+                           "per_trial_best_from_cache": bool(record.get("cached"))}
+    fresh = side["parent"]["median_ms"]
+    if per_trial_parent and fresh:
+        drift = fresh / per_trial_parent
+        out["drift"] = drift
+        if not 0.8 <= drift <= 1.25:
+            out["explanation"] = (
+                f"the fresh side-by-side time of the parent is {drift:.1f}x its per-trial time: the "
+                "per-trial times were measured earlier (or read from the latency cache) under "
+                "another load of this machine; compare the ratio, which is measured in one "
+                "interleaved run (on a shared machine use threads: 1 and latency_statistic: min)")
+    return out
 
 
 def _public_url(job: "SearchJob") -> str:
@@ -323,6 +392,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"ratio {s['ratio']:.3f} (min-based {s.get('ratio_min', float('nan')):.3f})"
                      + (f"; reference {s['reference_ms']:.1f} ms, ratio {s['reference_ratio']:.3f}"
                         if "reference_ms" in s else ""))
+    if s and s.get("explanation"):
+        lines.append(f"  note: {s['explanation']}")
     lines.append(f"watch: {summary['dashboard']}")
     return "\n".join(lines)
 

@@ -177,6 +177,12 @@ def open_study(job: SearchJob, *, worker_index: int = 0) -> "optuna.Study":
     if stored != directions:
         raise WorkbenchError(f"study {job.study_name!r} in {storage_url(job)} was created with "
                              f"directions {stored} (another objective); use another --study-name")
+    if study.metric_names != job.objective.metric_names:
+        import warnings
+
+        with warnings.catch_warnings():   # "experimental" since optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(job.objective.metric_names)   # names in optuna-dashboard
     return study
 
 
@@ -185,7 +191,8 @@ def _trial_counts(study: "optuna.Study") -> tuple[int, list[Any]]:
 
     trials = study.get_trials(deepcopy=False)
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get("abandoned"))]
+               or (t.state == TrialState.FAIL and not t.user_attrs.get("abandoned")
+                   and not t.user_attrs.get("skipped_duplicate"))]
     return len(counted), trials
 
 
@@ -233,17 +240,76 @@ def retry_later(study: "optuna.Study", trial: Any) -> None:
         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
-def claim_trial(study: "optuna.Study", job: SearchJob, worker_index: int) -> "optuna.trial.Trial | None":
-    """A new trial when the study has fewer than ``n_trials`` counted ones, else None."""
+#: How often a sampler's proposal of an already measured configuration is replaced before the
+#: duplicate is accepted (and its stored result reused without training).
+MAX_RESAMPLES = 8
+#: Spaces up to this many configurations are enumerated to pick an unmeasured one directly.
+ENUMERATE_LIMIT = 5000
+
+
+def _measured_keys(study: "optuna.Study") -> set[str]:
+    """Spec keys of the configurations the study has measured or is measuring."""
+    from optuna.trial import TrialState
+
+    return {t.user_attrs["spec_key"] for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)) if "spec_key" in t.user_attrs}
+
+
+def _unmeasured_params(job: SearchJob, parent_spec: Any, seen: set[str]) -> list[dict[str, int]] | None:
+    """Parameters of every configuration not yet measured (None: the space is too large to list)."""
+    if job.space.size(parent_spec) > ENUMERATE_LIMIT:
+        return None
+    out = []
+    for spec in job.space.all_specs(parent_spec):
+        if spec_key(spec) not in seen:
+            params = job.space.params_for(spec, parent_spec)
+            if params is not None:
+                out.append(params)
+    return out
+
+
+def claim_trial(study: "optuna.Study", job: SearchJob, worker_index: int,
+                parent_spec: Any = None) -> "optuna.trial.Trial | None":
+    """A new trial when the study has fewer than ``n_trials`` counted ones, else None.
+
+    With ``parent_spec`` the trial's configuration is sampled here, under the lock, and a
+    configuration the study already measured is not given a trial: TPE repeats itself in small
+    discrete spaces (``--trials 4`` once ran the parent three times). The repeat is recorded as a
+    FAIL trial with ``skipped_duplicate`` (not counted, so the sampler learns nothing false) and an
+    unmeasured configuration is queued instead; only when none is left (or the space is too large
+    to list and the sampler keeps repeating) does a trial reuse a stored result.
+    """
+    import random
+
+    from optuna.trial import TrialState
+
     with file_lock(claim_lock_path(job)):
         recover_stale_trials(study)
         counted, _ = _trial_counts(study)
         if counted >= job.n_trials:
             return None
-        trial = study.ask()
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
-                                       "index": worker_index})
-        return trial
+        seen = _measured_keys(study) if parent_spec is not None else set()
+        for attempt in range(MAX_RESAMPLES + 1):
+            trial = study.ask()
+            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(),
+                                           "index": worker_index})
+            if parent_spec is None:
+                return trial
+            key = spec_key(job.space.sample(trial, parent_spec))
+            if key not in seen or attempt == MAX_RESAMPLES:
+                trial.set_user_attr("spec_key", key)
+                return trial
+            trial.set_user_attr("skipped_duplicate", True)
+            trial.set_user_attr("spec_key_proposed", key)
+            study.tell(trial, state=TrialState.FAIL)
+            unmeasured = _unmeasured_params(job, parent_spec, seen)
+            if unmeasured == []:
+                log.info("every configuration of the space has been measured; %d trials", counted)
+                return None
+            if unmeasured:
+                pick = random.Random(job.seed * 7919 + trial.number).choice(unmeasured)
+                study.enqueue_trial(pick, user_attrs={"instead_of_duplicate": trial.number})
+        return None  # pragma: no cover - the loop always returns
 
 
 # -- preparation: parent figures shared by every worker -------------------------------------------
@@ -321,7 +387,7 @@ def premeasure_space(job: SearchJob, parent_spec: Any, measurer: Any, *, extra: 
     Returns how many were new."""
     if not job.premeasure or job.space.size(parent_spec) > job.premeasure:
         return 0
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     specs = job.space.all_specs(parent_spec) + [parent_spec] + list(extra)
     if hasattr(measurer, "measure_many"):
@@ -475,13 +541,13 @@ def run_worker(job: SearchJob, *, worker_index: int = 0, workers: int = 1,
         attrs = ensure_prepared(study, job, parent_spec=parent.spec, parent_model=parent.model,
                                 evaluator=evaluator, measurer=measurer)
         if job.progress:
-            from tqdm import tqdm
+            from workbench.progress import tqdm
 
             bar = tqdm(total=job.n_trials, initial=_trial_counts(study)[0], unit="trial",
                        desc=f"search[{worker_index}]" if workers > 1 else "search",
                        position=worker_index if workers > 1 else None, dynamic_ncols=True)
         while True:
-            trial = claim_trial(study, job, worker_index)
+            trial = claim_trial(study, job, worker_index, parent_spec=parent.spec)
             if trial is None:
                 break
             try:

@@ -248,14 +248,25 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a periodic training checkpoint (weights_only) or raise a one-line WorkbenchError."""
+    from workbench.artifacts import _torch_load
+    from workbench.errors import ArtifactError
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WorkbenchError(f"{path}: cannot read the training checkpoint ({first}); delete it to "
-                             f"restart the stage from its beginning") from None
+        ckpt = _torch_load(Path(path))
+    except ArtifactError as exc:
+        raise WorkbenchError(f"{path}: cannot read the training checkpoint ({exc.problem}); delete "
+                             f"it to restart the stage from its beginning") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise WorkbenchError(f"{path}: not a workbench training checkpoint")
+    iteration = ckpt.get("iteration")
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise WorkbenchError(f"{path}: damaged training checkpoint (iteration "
+                             f"{repr(iteration)[:40]} is not a non-negative integer); delete it to "
+                             f"restart the stage from its beginning")
+    for key, kind in (("model", dict), ("optimizer", dict), ("scheduler", dict), ("rng", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise WorkbenchError(f"{path}: damaged training checkpoint ({key!r} missing or not a "
+                                 f"mapping); delete it to restart the stage from its beginning")
     return ckpt
 
 
@@ -338,16 +349,21 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
             model.load_state_dict(ckpt["model"], strict=True)
         except RuntimeError as exc:
             raise WorkbenchError(f"{ckpt_path}: weights do not fit the model "
-                                 f"({str(exc).splitlines()[0]})") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        for cb, cb_state in zip(callbacks, ckpt.get("callbacks", [])):
-            cb.load_state_dict(cb_state)
-        _set_rng_state(ckpt["rng"])
-        start = last_saved = int(ckpt["iteration"])
-        history = dict(ckpt.get("history", history))
+                                 f"({str(exc).splitlines()[0][:160]})") from None
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            for cb, cb_state in zip(callbacks, ckpt.get("callbacks", [])):
+                cb.load_state_dict(cb_state)
+            _set_rng_state(ckpt["rng"])
+            history = dict(ckpt.get("history", history))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            raise WorkbenchError(f"{ckpt_path}: damaged training checkpoint ({type(exc).__name__} "
+                                 f"restoring its state: {str(exc)[:120]}); delete it to restart "
+                                 "the stage from its beginning") from None
+        start = last_saved = ckpt["iteration"]
         if dist_info.is_main:
             log.info("%s: resuming from %s at iteration %d", desc, ckpt_path, start)
 
@@ -398,7 +414,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
 
     bar = None
     if progress and dist_info.is_main and settings.iterations > start:
-        from tqdm import tqdm
+        from workbench.progress import tqdm
 
         bar = tqdm(total=settings.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                    leave=True)
