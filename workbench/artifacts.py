@@ -32,8 +32,8 @@ import torch
 
 from workbench import __version__
 from workbench.errors import ArtifactError, WorkbenchError
-from workbench.models import (RLFN, RLFNSpec, build_model, create_model, normalize_state_dict,
-                              parse_model_name, spec_from_state_dict)
+from workbench.models import (FAMILIES, RLFN, RLFNSpec, build_model, create_model, family_of,
+                              family_of_spec, get_family, parse_model_name, preset_family)
 
 FORMAT = "workbench-artifact"
 FORMAT_VERSION = 1
@@ -45,8 +45,8 @@ WEIGHTS_FILE = "model.pt"
 class Artifact:
     """A loaded model and what is known about it."""
 
-    model: RLFN
-    spec: RLFNSpec
+    model: RLFN  # or any family's model (SPAN, ...): see workbench.models.family
+    spec: RLFNSpec  # the model's family spec
     path: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +160,7 @@ def _meta(model: RLFN, weights_sha: str, metrics: Mapping[str, Any] | None,
           lineage: Mapping[str, Any] | None, config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
+        "family": family_of(model).name,
         "architecture": model.spec.to_dict(),
         "params": sum(p.numel() for p in model.parameters()),
         "weights_sha256": weights_sha,
@@ -235,6 +236,34 @@ def _torch_load(path: Path, data: bytes | None = None) -> Any:
         raise ArtifactError(path, f"not a readable checkpoint ({line})") from None
 
 
+def _spec_of_state_dict(path: Path, obj: Mapping[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A bare state dict: the first family that claims its (normalised) keys infers the spec."""
+    from workbench.models.family import _load_entry_points
+
+    _load_entry_points()
+    first_error = None
+    for fam in FAMILIES.values():
+        state = fam.normalize_state_dict(obj)
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ArtifactError(path, "holds values that are not tensors: not a state dict")
+        if not fam.claims(state):
+            continue
+        try:
+            return fam.spec_from_state_dict(state), state
+        except ValueError as exc:
+            first_error = first_error or f"wrong architecture ({exc})"
+    if first_error:
+        raise ArtifactError(path, first_error)
+    fallback = get_family("rlfn")  # its message names what an RLFN needs
+    state = fallback.normalize_state_dict(obj)
+    try:
+        fallback.spec_from_state_dict(state)
+    except ValueError as exc:
+        raise ArtifactError(path, f"wrong architecture ({exc}; known families: "
+                                  f"{', '.join(FAMILIES)})") from None
+    raise ArtifactError(path, "no model family recognises these weights")
+
+
 def _build_and_load(path: Path, spec: RLFNSpec, state: Mapping[str, torch.Tensor]) -> RLFN:
     model = build_model(spec)
     try:
@@ -252,8 +281,13 @@ def _from_meta(path: Path, meta: Mapping[str, Any], state: Any, sha: str | None)
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ArtifactError(path, f"written by a newer workbench (format version "
                                   f"{meta['format_version']} > {FORMAT_VERSION}); upgrade to read it")
+    family = meta.get("family", "rlfn")  # artifacts written before families existed are RLFN
+    if not isinstance(family, str):
+        raise ArtifactError(path, f"wrong family record {family!r}")
     try:
-        spec = RLFNSpec.from_dict(meta["architecture"])
+        spec = get_family(family).spec_from_dict(meta["architecture"])
+    except WorkbenchError as exc:
+        raise ArtifactError(path, str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(path, f"wrong architecture record ({exc})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -303,13 +337,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         return _from_meta(path, meta, obj.get("state_dict"), None)
     if not isinstance(obj, Mapping):
         raise ArtifactError(path, f"holds a {type(obj).__name__}, not a state dict")
-    state = normalize_state_dict(obj)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ArtifactError(path, "holds values that are not tensors: not a state dict")
-    try:
-        spec = spec_from_state_dict(state)
-    except ValueError as exc:
-        raise ArtifactError(path, f"wrong architecture ({exc})") from None
+    spec, state = _spec_of_state_dict(path, obj)
     model = _build_and_load(path, spec, state)
     return Artifact(model=model, spec=spec, path=path, weights_sha256=sha256_bytes(data),
                     lineage={"source": "state dict file", "file": str(path)})
@@ -330,13 +358,22 @@ def load_model(ref: str | os.PathLike) -> Artifact:
     except WorkbenchError:
         raise WorkbenchError(f"{text}: no such file or folder, and not a model name "
                              f"(e.g. rlfn_s_x4, rlfn_ntire_x4, rlfn_tiny_x4)") from None
-    from workbench.models import released_checkpoint
+    from workbench.models import PRESETS, released_checkpoint
 
     released = released_checkpoint(preset, scale)
     if released is not None and released.exists():
-        art = load_artifact(released)
-        art.lineage = {"source": "released checkpoint", "name": text, "file": str(released)}
-        return art
+        # the preset's spec, not one guessed from shapes: it carries what weights cannot tell
+        # (input range, SPAN's tap)
+        fam = preset_family(preset)
+        spec = PRESETS[preset].spec(scale)
+        data = released.read_bytes()
+        obj = _torch_load(released, data)
+        if not isinstance(obj, Mapping):
+            raise ArtifactError(released, f"holds a {type(obj).__name__}, not a state dict")
+        model = _build_and_load(released, spec, fam.normalize_state_dict(obj))
+        return Artifact(model=model, spec=spec, path=released, weights_sha256=sha256_bytes(data),
+                        lineage={"source": "released checkpoint", "name": text,
+                                 "file": str(released)})
     model = create_model(text)
     return Artifact(model=model, spec=model.spec, path=None,
                     lineage={"source": "random initialisation", "name": text})

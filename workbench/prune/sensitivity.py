@@ -113,13 +113,15 @@ class ActivationCache:
                  device: torch.device, keep_points: bool = True) -> None:
         from workbench.evaluate import image_to_tensor
         from workbench.metrics import rgb_to_y
+        from workbench.models.family import model_input
 
         self.scale = scale
         self.images: list[_ImageCache] = []
         model.eval()
         with torch.inference_mode():
             for pair in pairs:
-                lr = image_to_tensor(np.asarray(pair.lr), device)
+                # cached on the model's input range (x/255 for [0,1] families)
+                lr = model_input(model, image_to_tensor(np.asarray(pair.lr), device))
                 hr = np.asarray(pair.hr)[:lr.shape[2] * scale, :lr.shape[3] * scale]
                 points: dict[tuple[str, int], torch.Tensor] = {}
                 feature = model.conv_1(lr) if keep_points else lr[:, :0]
@@ -140,6 +142,7 @@ class ActivationCache:
         ``group``'s prune changed weights (``None`` or caching off: a full forward pass)."""
         from workbench.evaluate import tensor_to_image
         from workbench.metrics import psnr, rgb_to_y
+        from workbench.models.family import model_output
 
         point = start_point(group) if group is not None else ("input", 0)
         values = []
@@ -150,7 +153,7 @@ class ActivationCache:
                     out = model(img.lr)
                 else:
                     out = forward_from(model, point, img.points[point], img.feature)
-                sr_y = rgb_to_y(tensor_to_image(out))
+                sr_y = rgb_to_y(tensor_to_image(model_output(model, out)))
                 values.append(psnr(sr_y, img.hr_y, border=self.scale))
         return float(np.mean(values))
 

@@ -1,0 +1,130 @@
+"""Model families: SPAN and DIPNet load strictly, count exactly, run through their input range, and
+artifacts record and reload their family."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workbench.artifacts import load_artifact, load_model, save_artifact
+from workbench.errors import WorkbenchError
+from workbench.evaluate import run_model
+from workbench.models import (FAMILIES, RLFNSpec, SPABSpec, SPANSpec, build_model, create_model,
+                              family_of, get_family, input_range, list_models)
+from workbench.models.span import spec_from_state_dict as span_spec_from_state_dict
+from workbench.profiling import ntire_counts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# NTIRE counts at 3x256x256 from each release's results (also in ../shared/reference/expected.json)
+COUNTS = {"span_ch28_x4": (150688, 9.83, 41.68, 22), "dipnet_x4": (243252, 14.90, 72.97, 39)}
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_ntire_counts_are_exact(name):
+    params, flops, acts, convs = COUNTS[name]
+    counts = ntire_counts(create_model(name))  # shapes only: the meta device, no arithmetic
+    assert counts["params"] == params
+    assert round(counts["flops_g"], 2) == flops
+    assert round(counts["acts_m"], 2) == acts
+    assert counts["convs"] == convs
+
+
+def test_span_counts_no_silu_and_every_conv_output():
+    """41.68 M activations is the plain sum of the 22 conv outputs (SiLU/sigmoid not counted);
+    9.83 G FLOPs are conv MACs alone (SPAN has no LeakyReLU)."""
+    counts = ntire_counts(create_model("span_ch28_x4"))
+    hw = 256 * 256
+    assert counts["acts_m"] * 1e6 == 21 * 28 * hw + 48 * hw
+    assert counts["flops_g"] * 1e9 == counts["conv_macs"]
+
+
+@pytest.mark.parametrize("name,family,tensors", [("span_ch28_x4", "span", 44),
+                                                  ("dipnet_x4", "rlfn", 59)])
+def test_released_weights_load_strictly(name, family, tensors):
+    art = load_model(name)
+    assert family_of(art.model).name == family
+    assert len(art.model.state_dict()) == tensors
+    assert input_range(art.model) == 1.0
+    assert art.path is not None and art.path.name == f"{name}.pth"
+
+
+def test_dipnet_is_a_bias_free_rlfn_spec_on_unit_range():
+    spec = load_model("dipnet_x4").spec
+    assert isinstance(spec, RLFNSpec) and not spec.bias and spec.input_range == 1.0
+    assert spec == RLFNSpec.uniform(scale=4, feature=44, mid=38, esa=16, blocks=4, bias=False,
+                                    input_range=1.0)
+    model = build_model(spec)
+    assert model.conv_1.bias is None and model.block_1.c5.bias is None
+    assert model.block_1.esa.conv1.bias is not None
+    # a bare .pth file of bias-free RLFN weights is read as DIPNet's layout
+    assert load_artifact(load_model("dipnet_x4").path).spec == spec
+    assert RLFNSpec.from_dict(spec.to_dict()) == spec
+    assert "bias" not in RLFNSpec.uniform(scale=4, feature=8).to_dict()  # RLFN records unchanged
+
+
+def test_run_model_feeds_each_family_its_range():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16) * 255
+    for name in ("span_tiny_x2", "dipnet_tiny_x2"):
+        model = create_model(name).eval()
+        with torch.no_grad():
+            assert torch.allclose(run_model(model, x), model(x / 255) * 255, rtol=1e-4, atol=1e-3)
+    rlfn = create_model("rlfn_tiny_x2").eval()
+    with torch.no_grad():
+        assert torch.equal(run_model(rlfn, x), rlfn(x))
+
+
+def test_tiny_span_builds_infers_and_round_trips(tmp_path):
+    spec = SPANSpec(scale=2, feature=8, blocks=(SPABSpec(6, 5), SPABSpec(4, 7)), tail=5, fuse=6)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    assert model.conv_cat.in_channels == 8 + 5 + 8 + 4  # feature, tail, block 1 out, tap's mid1
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 9, 11))
+    assert y.shape == (1, 3, 18, 22)
+    assert span_spec_from_state_dict(model.state_dict()) == spec
+    assert SPANSpec.from_dict(spec.to_dict()) == spec
+    assert spec.with_widths({"feature": 6, "block2.mid1": 3}).blocks[1] == SPABSpec(3, 7)
+    save_artifact(tmp_path / "span", model)
+    meta = json.loads((tmp_path / "span" / "artifact.json").read_text())
+    assert meta["family"] == "span" and meta["architecture"]["arch"] == "span"
+    art = load_artifact(tmp_path / "span")
+    assert art.spec == spec
+    for key, value in model.state_dict().items():
+        assert torch.equal(art.model.state_dict()[key], value)
+
+
+def test_artifact_without_family_field_loads_as_rlfn(tmp_path, tiny_model):
+    save_artifact(tmp_path / "old", tiny_model)
+    meta_path = tmp_path / "old" / "artifact.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta.pop("family") == "rlfn"
+    meta_path.write_text(json.dumps(meta))
+    assert load_artifact(tmp_path / "old").spec == tiny_model.spec
+    meta["family"] = "nosuch"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(WorkbenchError, match="unknown model family"):
+        load_artifact(tmp_path / "old")
+
+
+def test_registry_lists_every_family():
+    assert {"rlfn", "span"} <= set(FAMILIES)
+    assert {"span_ch28_x4", "dipnet_x4", "rlfn_s_x4"} <= set(list_models())
+    with pytest.raises(WorkbenchError, match="unknown model family"):
+        get_family("edsr_from_nowhere")
+
+
+@pytest.mark.slow
+def test_eval_reproduces_expected_figures(shared_dir):
+    from workbench.evaluate import evaluate
+
+    expected = json.loads((shared_dir / "reference" / "expected.json").read_text())["quality"]
+    for name in ("span_ch28_x4", "dipnet_x4"):
+        results = evaluate(load_model(name).model, ["Set5", "Set14"], scale=4,
+                           data_root=shared_dir / "data", device="cpu", progress=False)
+        for set_name in ("Set5", "Set14"):
+            ref, got = expected[name][set_name], results[set_name].mean
+            assert abs(got["psnr_y"] - ref["psnr_y"]) <= 0.005, (name, set_name, got)
+            assert abs(got["ssim_y"] - ref["ssim_y"]) <= 0.0005, (name, set_name, got)
