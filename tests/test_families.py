@@ -128,3 +128,76 @@ def test_eval_reproduces_expected_figures(shared_dir):
             ref, got = expected[name][set_name], results[set_name].mean
             assert abs(got["psnr_y"] - ref["psnr_y"]) <= 0.005, (name, set_name, got)
             assert abs(got["ssim_y"] - ref["ssim_y"]) <= 0.0005, (name, set_name, got)
+
+
+# -- channel groups from the graph, pruning -----------------------------------------------------
+
+def _silence(model, group, channel):
+    with torch.no_grad():
+        for name in group.producers:
+            conv = model.get_submodule(name)
+            conv.weight[channel] = 0
+            if conv.bias is not None:
+                conv.bias[channel] = 0
+
+
+def test_derived_groups_reproduce_the_rlfn_table():
+    from workbench.models import BlockSpec, RLFN
+    from workbench.prune.groups import derive_groups, rlfn_reference_groups
+
+    odd = RLFNSpec(scale=3, trunk=7, blocks=(BlockSpec(5, 6, 9, 3, 4, 5), BlockSpec(6, 5, 8, 4, 3, 2)))
+    for model in (create_model("rlfn_tiny_x2"), RLFN(odd), create_model("dipnet_tiny_x4")):
+        derived, table = derive_groups(model), rlfn_reference_groups(model.spec)
+        assert derived == table and list(derived) == list(table)
+
+
+def test_span_groups_cover_concat_and_attention():
+    from workbench.prune.groups import channel_groups
+
+    model = create_model("span_tiny_x2")
+    groups = channel_groups(model)
+    assert list(groups) == list(model.spec.group_widths())
+    feature = groups["feature"]
+    assert feature.producers == ("conv_1.eval_conv", "block_1.c3_r.eval_conv",
+                                 "block_2.c3_r.eval_conv", "block_3.c3_r.eval_conv")
+    assert "conv_cat" in feature.consumers and "conv_2.eval_conv" in feature.consumers
+    # conv_cat reads [feature 0:8, tail 8:16, block 1 out 16:24, block 3's mid1 24:30]
+    assert sorted(feature.input_indices("conv_cat")) == list(range(8)) + list(range(16, 24))
+    assert groups["tail"].input_indices("conv_cat") == list(range(8, 16))
+    assert groups["block3.mid1"].input_indices("conv_cat") == list(range(24, 30))
+    assert groups["fuse"].consumers == ("upsampler.0",)
+    assert all("upsampler.0" not in g.producers for g in groups.values())
+
+
+@pytest.mark.parametrize("name", ["span_tiny_x2", "dipnet_tiny_x2"])
+def test_pruning_a_silenced_channel_keeps_the_output(name, tmp_path):
+    """Every group: silence one channel, prune exactly it; the function must not change."""
+    from workbench.prune.groups import channel_groups
+    from workbench.prune.surgery import prune_to_widths
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    groups = channel_groups(model)
+    for group in groups.values():
+        _silence(model, group, 1)
+    x = torch.rand(1, 3, 16, 16)
+    keep = {n: [i for i in range(g.width) if i != 1] for n, g in groups.items()}
+    pruned = prune_to_widths(model, {}, keep=keep).eval()
+    assert pruned.spec == model.spec.with_widths({n: g.width - 1 for n, g in groups.items()})
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), model(x), atol=1e-5)
+    save_artifact(tmp_path / "p", pruned)
+    assert load_artifact(tmp_path / "p").spec == pruned.spec
+
+
+def test_prune_cli_on_span(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["prune", "groups", "--model", "span_tiny_x2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["group"] == "feature" and rows[-1]["group"] == "fuse"
+    out = tmp_path / "pruned"
+    assert main(["prune", "apply", "--model", "span_tiny_x2", "--widths", "feature=6",
+                 "block*.mid2=4", "--out", str(out)]) == 0
+    art = load_artifact(out)
+    assert art.spec.feature == 6 and all(b.mid2 == 4 for b in art.spec.blocks)

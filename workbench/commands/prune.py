@@ -13,7 +13,8 @@ Channel groups are sets of channels that must be removed together (a residual ad
 multiply couples them). Their names follow the network: trunk.0 (stem; conv_1, the block-1
 residual, conv_2, the upsampler's input), trunk.<i> (block i's c5 output onward),
 block<i>.mid1 / mid2 (c1_r / c2_r outputs), block<i>.esa.reduce / esa.inner / esa.fuse.
-The grouping is confirmed by torch-pruning's dependency graph.
+Groups are derived from torch-pruning's dependency graph for every family (SPAN: feature,
+block<i>.mid1 / mid2, tail, fuse); the conv before PixelShuffle keeps all its outputs.
 
   workbench prune groups --model REF
       table of groups: width, producing convs (filters) and consuming convs (inputs)

@@ -9,13 +9,15 @@ and no group lists it as a producer.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.models.rlfn import RLFN, RLFNSpec, group_widths
+from workbench.models import build_model, group_widths
+from workbench.models.rlfn import RLFN, RLFNSpec
 from workbench.prune.groups import (ChannelGroup, build_graph, channel_groups, expand_widths,
                                     expected_groups)
 from workbench.prune.importance import group_scores, lowest
@@ -36,7 +38,7 @@ def rebuild(model: nn.Module, spec: RLFNSpec) -> RLFN:
     """A fresh RLFN built from ``spec`` holding ``model``'s weights (strict load), same device,
     dtype and train/eval mode. Raises WorkbenchError if the weights do not fit the spec."""
     param = next(model.parameters())
-    fresh = RLFN(spec).to(device=param.device, dtype=param.dtype)
+    fresh = build_model(spec).to(device=param.device, dtype=param.dtype)
     try:
         fresh.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as exc:
@@ -114,6 +116,9 @@ def drop_blocks(model: RLFN, num_blocks: int, *, inplace: bool = False) -> RLFN:
     width to equal conv_2's input width (true for every released model); otherwise prune first.
     """
     spec = model.spec
+    if not isinstance(spec, RLFNSpec):
+        raise WorkbenchError(f"dropping blocks is implemented for RLFN-shaped models only, not "
+                             f"{type(spec).__name__}")
     n = spec.num_blocks
     if not 1 <= num_blocks <= n:
         raise WorkbenchError(f"cannot keep {num_blocks} blocks of a {n}-block model")
@@ -123,8 +128,7 @@ def drop_blocks(model: RLFN, num_blocks: int, *, inplace: bool = False) -> RLFN:
     if kept_out != spec.blocks[-1].out:
         raise WorkbenchError(f"cannot drop blocks: block {num_blocks} outputs {kept_out} channels "
                              f"but conv_2 reads {spec.blocks[-1].out}; make them equal first")
-    target = RLFNSpec(scale=spec.scale, trunk=spec.trunk, blocks=spec.blocks[:num_blocks],
-                      in_channels=spec.in_channels, out_channels=spec.out_channels)
+    target = replace(spec, blocks=spec.blocks[:num_blocks])
     state = {k: v for k, v in model.state_dict().items()
              if not k.startswith("block_") or int(k.split(".")[0][len("block_"):]) <= num_blocks}
     param = next(model.parameters())
