@@ -201,3 +201,32 @@ def test_prune_cli_on_span(tmp_path, capsys):
                  "block*.mid2=4", "--out", str(out)]) == 0
     art = load_artifact(out)
     assert art.spec.feature == 6 and all(b.mid2 == 4 for b in art.spec.blocks)
+
+
+def test_span_and_dipnet_through_sensitivity_export_and_deploy(tmp_path):
+    from workbench.data.benchmark import load_set
+    from workbench.deploy import prepare
+    from workbench.evaluate import super_resolve
+    from workbench.prune.export import check_onnx, export_onnx
+    from workbench.prune.sensitivity import analyze
+
+    from workbench.data.benchmark import ImagePair, PairedSet
+
+    pair = load_set("Set5", 2).pairs[0]
+    small = PairedSet("crop", 2, None, [ImagePair(pair.name, pair.hr[:48, :48].copy(),
+                                                  pair.lr[:24, :24].copy())])
+    for name in ("span_tiny_x2", "dipnet_tiny_x2"):
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        result = analyze(model, small, ratios=[0.5], latency=False, progress=False)
+        assert len(result.rows) == len(model.spec.group_widths())
+        onnx_path = export_onnx(model, tmp_path / f"{name}.onnx")
+        lr = small.pairs[0].lr
+        # 0..255 in, 0..255 out; random weights give outputs in the thousands: relative check
+        with torch.no_grad():
+            peak = float(run_model(model, torch.from_numpy(lr.transpose(2, 0, 1).copy())
+                                   .float()[None]).abs().max())
+        assert check_onnx(model, onnx_path, [lr], tolerance=1e-5 * peak)["ok"]
+        deployed = prepare(model, mode="channels_last")
+        diff = super_resolve(deployed, lr).astype(int) - super_resolve(model, lr).astype(int)
+        assert abs(diff).max() <= 1

@@ -28,7 +28,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 
 __all__ = ["Family", "ModelPreset", "FAMILIES", "register_family", "get_family", "family_of",
-           "family_of_spec", "input_range", "model_input", "model_output", "run_model", "unwrap_wrappers",
+           "family_of_spec", "input_range", "model_input", "model_output", "run_model", "On255", "on_255", "unwrap_wrappers",
            "strip_module_prefix"]
 
 
@@ -161,6 +161,24 @@ def model_output(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model`` on a 0..255 batch, through its family's input range; the output on 0..255."""
     return model_output(model, model(model_input(model, x)))
+
+
+class On255(nn.Module):
+    """``model`` with its family's input range folded in: takes and returns 0..255 tensors (what
+    an exported graph promises whatever the family)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.factor = input_range(model) / 255.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.factor) / self.factor
+
+
+def on_255(model: nn.Module) -> nn.Module:
+    """``model`` itself when it works on 0..255, else an :class:`On255` around it."""
+    return model if input_range(model) == 255.0 else On255(model)
 
 
 # -- shared state-dict helpers ----------------------------------------------------------------

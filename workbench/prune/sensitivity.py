@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.models.rlfn import RLFN, group_widths
+from workbench.models import group_widths
+from workbench.models.rlfn import RLFN
 from workbench.prune.groups import expected_groups, select_groups
 from workbench.prune.importance import get_importance, group_scores, lowest
 from workbench.prune.surgery import prune_to_widths
@@ -116,6 +117,8 @@ class ActivationCache:
         from workbench.models.family import model_input
 
         self.scale = scale
+        # the cache points are RLFN's; other families are scored by full forward passes
+        keep_points = keep_points and isinstance(model, RLFN)
         self.images: list[_ImageCache] = []
         model.eval()
         with torch.inference_mode():
@@ -144,7 +147,8 @@ class ActivationCache:
         from workbench.metrics import psnr, rgb_to_y
         from workbench.models.family import model_output
 
-        point = start_point(group) if group is not None else ("input", 0)
+        point = (start_point(group) if group is not None and isinstance(model, RLFN)
+                 else ("input", 0))
         values = []
         model.eval()
         with torch.inference_mode():
@@ -283,9 +287,9 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     cache = ActivationCache(model, pairs, scale=scale, device=dev, keep_points=use_cache)
     base_psnr = cache.psnr(model, None)
     base_counts = ntire_counts(model)
-    quick = fast_counts(model)
-    counter = fast_counts if (quick["params"] == base_counts["params"] and
-                              abs(quick["flops_g"] - base_counts["flops_g"]) < 1e-9) else ntire_counts
+    quick = fast_counts(model) if isinstance(model, RLFN) else {}
+    counter = fast_counts if (quick.get("params") == base_counts["params"] and
+                              abs(quick.get("flops_g", -1) - base_counts["flops_g"]) < 1e-9) else ntire_counts
     latency_memo: dict[tuple, float] = {}
     counts_memo: dict[tuple, dict[str, Any]] = {}
 
