@@ -107,7 +107,16 @@ def get_family(name: str) -> Family:
 
 
 def family_of_spec(spec: Any) -> Family:
-    """The family whose spec class ``spec`` is an instance of."""
+    """The family whose spec class ``spec`` is an instance of (a spec that names its family, as a
+    wrapped module's does, picks that one)."""
+    named = getattr(spec, "family", None)
+    if isinstance(named, str):
+        fam = FAMILIES.get(named)
+        if fam is None:
+            _load_entry_points()
+            fam = FAMILIES.get(named)
+        if fam is not None and isinstance(spec, fam.spec_type):
+            return fam
     for fam in FAMILIES.values():
         if isinstance(spec, fam.spec_type):
             return fam

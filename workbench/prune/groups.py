@@ -201,7 +201,9 @@ def derive_groups(model: nn.Module, graph=None) -> dict[str, ChannelGroup]:
     Names come from the model's family (``Family.group_name(first producer path)``), falling back
     to the first producer's module path; the order is the family's ``group_widths`` order where
     every name is in it, else network (module registration) order. Groups that include a protected
-    conv's outputs (see :func:`protected_convs`) are left out: they cannot shrink.
+    conv's outputs (see :func:`protected_convs`), groups no conv reads (channels that reach the
+    model's output through elementwise ops) and groups a channel split divides among consumers
+    (its sizes are written in the forward) are left out: they cannot shrink.
     """
     import torch_pruning as tp
 
@@ -237,6 +239,13 @@ def derive_groups(model: nn.Module, graph=None) -> dict[str, ChannelGroup]:
                     consumers.setdefault(names[module], []).extend(idxs)
             if not producers or any(p in protected for p in producers):
                 continue
+            if not consumers:  # no conv reads them: they reach the output (e.g. a scaled tail)
+                continue
+            width = producers[min(producers, key=order.__getitem__)]
+            if any(len(v) % width for v in consumers.values()):
+                # a channel split (torch.split / slicing) hands parts of the group to different
+                # consumers; the split sizes live in the forward code, so the group cannot shrink
+                continue
             prod = tuple(sorted(producers, key=order.__getitem__))
             width = producers[prod[0]]
             cons = tuple(sorted(consumers, key=order.__getitem__))
@@ -252,7 +261,8 @@ def derive_groups(model: nn.Module, graph=None) -> dict[str, ChannelGroup]:
         dup = sorted({g.name for g in found if sum(h.name == g.name for h in found) > 1})
         raise WorkbenchError(f"two channel groups got the same name {dup}: the family's "
                              "group_name is ambiguous")
-    if spec is not None and hasattr(spec, "to_dict"):
+    # a wrapped module's spec takes its names from this very derivation: nothing to reorder by
+    if spec is not None and hasattr(spec, "to_dict") and not getattr(spec, "GRAPH_NAMED", False):
         try:
             known = list(group_widths(spec))
         except (AttributeError, KeyError, TypeError, ValueError):
