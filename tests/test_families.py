@@ -230,3 +230,20 @@ def test_span_and_dipnet_through_sensitivity_export_and_deploy(tmp_path):
         deployed = prepare(model, mode="channels_last")
         diff = super_resolve(deployed, lr).astype(int) - super_resolve(model, lr).astype(int)
         assert abs(diff).max() <= 1
+
+
+@pytest.mark.parametrize("name,targets", [("span_tiny_x2", {"feature": 6, "fuse": 5}),
+                                          ("dipnet_tiny_x2", {"trunk": 6})])
+def test_soft_filter_pruning_finalizes_to_the_masked_function(name, targets):
+    from workbench.prune.sfp import SoftFilterPruning
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    sfp = SoftFilterPruning(model, targets)
+    sfp.apply(model)
+    pruned = sfp.finalize(model).eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), model(x), atol=1e-5)
+    widths = pruned.spec.group_widths() if hasattr(pruned.spec, "group_widths") else {}
+    assert all(widths[n] == w for n, w in sfp.targets.items())

@@ -174,7 +174,10 @@ def group_widths(spec: RLFNSpec) -> dict[str, int]:
     (or conv_2). Inside block i: ``block<i>.mid1``, ``block<i>.mid2``, ``block<i>.esa.reduce`` (conv1
     output), ``block<i>.esa.inner`` (conv2 output) and ``block<i>.esa.fuse`` (conv_f/conv3 output).
     The upsampler's output never appears: PixelShuffle needs all 3*s^2 channels.
+    Another family's spec answers with its own ``group_widths()``.
     """
+    if not isinstance(spec, RLFNSpec):
+        return spec.group_widths()
     out = {"trunk.0": spec.trunk}
     for i, b in enumerate(spec.blocks, start=1):
         out[f"block{i}.mid1"] = b.mid1
