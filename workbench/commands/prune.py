@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['group']:<18} {r['width']:>5}  {', '.join(r['producers']):<44} "
                   f"{', '.join(r['consumers'])}")
-        print("never pruned: upsampler.0 output (PixelShuffle needs all out*scale^2 channels)")
+        from workbench.prune.groups import protected_convs
+
+        print(f"never pruned: {', '.join(protected_convs(art.model)) or 'nothing'} output "
+              "(PixelShuffle needs all out*scale^2 channels)")
         return 0
 
     from workbench.models import group_widths
