@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models on CPU, a fixed seed, the ../shared folder beside the checkout."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from workbench.models import RLFN, RLFNSpec
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("WORKBENCH_SHARED", REPO.parent / "shared"))  # override: a worktree elsewhere
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,11 @@ import torch
 
 from workbench.artifacts import load_artifact, load_model, save_artifact
 from workbench.cli import main
-from workbench.models import RLFN, RLFNSpec, normalize_state_dict
+from workbench.models import RLFN, RLFNSpec, build_model, family_of, normalize_state_dict
 
 EXPECTED_PARAMS = {"rlfn_x4": 543740, "rlfn_s_x4": 470208, "rlfn_ntire_x4": 317218,
-                   "ntire22_team04_rlfn": 317218, "rlfn_x2": 526856, "rlfn_s_x2": 454620}
+                   "ntire22_team04_rlfn": 317218, "rlfn_x2": 526856, "rlfn_s_x2": 454620,
+                   "span_ch28_x4": 150688, "dipnet_x4": 243252}
 
 
 def test_every_checkpoint_is_tested(repo_dir):
@@ -27,13 +28,14 @@ def test_checkpoint_loads_strictly(name, repo_dir):
     path = repo_dir / "checkpoints" / f"{name}.pth"
     art = load_artifact(path)
     assert sum(p.numel() for p in art.model.parameters()) == EXPECTED_PARAMS[name]
-    raw = normalize_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    raw = family_of(art.model).normalize_state_dict(
+        torch.load(path, map_location="cpu", weights_only=True))
     own = art.model.state_dict()
     assert set(raw) == set(own)  # nothing dropped, nothing left at its initial value
     for key, value in raw.items():
         assert torch.equal(own[key], value), key
     # strict load into a freshly built model of the inferred spec
-    RLFN(art.spec).load_state_dict(raw, strict=True)
+    build_model(art.spec).load_state_dict(raw, strict=True)
 
 
 def test_challenge_copy_equals_rlfn_ntire(repo_dir):

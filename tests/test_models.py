@@ -22,22 +22,25 @@ def _params(model: torch.nn.Module) -> int:
 def test_checkpoints_are_shipped_with_licence(repo_dir):
     names = {p.name for p in CHECKPOINTS}
     assert names == {"rlfn_x2.pth", "rlfn_x4.pth", "rlfn_s_x2.pth", "rlfn_s_x4.pth",
-                     "rlfn_ntire_x4.pth", "ntire22_team04_rlfn.pth"}
-    assert (repo_dir / "checkpoints" / "LICENSE-Apache-2.0.txt").is_file()
-    assert "Apache" in (repo_dir / "checkpoints" / "NOTICE").read_text()
+                     "rlfn_ntire_x4.pth", "ntire22_team04_rlfn.pth", "span_ch28_x4.pth",
+                     "dipnet_x4.pth"}
+    for licence in ("LICENSE-Apache-2.0.txt", "LICENSE-MIT-DIPNet.txt", "LICENSE-MIT-NTIRE2026_ESR.txt"):
+        assert (repo_dir / "checkpoints" / licence).is_file()
+    notice = (repo_dir / "checkpoints" / "NOTICE").read_text()
+    assert "Apache" in notice and "span_ch28_x4.pth" in notice and "dipnet_x4.pth" in notice
 
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=lambda p: p.stem)
 def test_every_checkpoint_loads_strictly_into_its_preset(path, shared_dir):
     expected = json.loads((shared_dir / "reference" / "expected.json").read_text())["checkpoints"]
-    state = normalize_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    spec = spec_from_state_dict(state)
-    model = RLFN(spec)
-    model.load_state_dict(state, strict=True)  # raises on any missing/unexpected key or shape
+    from workbench.artifacts import load_artifact
+
+    art = load_artifact(path)  # the family that claims the keys loads them strictly
+    spec, model = art.spec, art.model
     ref = expected[path.stem]
     assert _params(model) == ref["params"]
     assert spec.scale == ref["scale"]
-    if "feature_channels" in ref:
+    if "feature_channels" in ref and ref["model"] in ("RLFN", "RLFN_S", "RLFN_Prune"):
         preset = {"RLFN": "rlfn", "RLFN_S": "rlfn_s", "RLFN_Prune": "rlfn_ntire"}[ref["model"]]
         assert spec == PRESETS[preset].spec(ref["scale"])
 

@@ -32,8 +32,8 @@ import torch
 
 from workbench import __version__
 from workbench.errors import ArtifactError, WorkbenchError, WriteError
-from workbench.models import (RLFN, RLFNSpec, build_model, create_model, normalize_state_dict,
-                              parse_model_name, spec_from_state_dict)
+from workbench.models import (FAMILIES, RLFN, RLFNSpec, build_model, create_model, family_of,
+                              family_of_spec, get_family, parse_model_name, preset_family)
 
 FORMAT = "workbench-artifact"
 FORMAT_VERSION = 1
@@ -45,8 +45,8 @@ WEIGHTS_FILE = "model.pt"
 class Artifact:
     """A loaded model and what is known about it."""
 
-    model: RLFN
-    spec: RLFNSpec
+    model: RLFN  # or any family's model (SPAN, ...): see workbench.models.family
+    spec: RLFNSpec  # the model's family spec
     path: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -212,6 +212,7 @@ def _meta(model: RLFN, weights_sha: str, metrics: Mapping[str, Any] | None,
           lineage: Mapping[str, Any] | None, config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
+        "family": family_of(model).name,
         "architecture": model.spec.to_dict(),
         "params": sum(p.numel() for p in model.parameters()),
         "weights_sha256": weights_sha,
@@ -377,6 +378,34 @@ def _torch_load(path: Path, data: bytes | None = None) -> Any:
         raise ArtifactError(path, describe_load_failure(exc)) from None
 
 
+def _spec_of_state_dict(path: Path, obj: Mapping[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A bare state dict: the first family that claims its (normalised) keys infers the spec."""
+    from workbench.models.family import _load_entry_points
+
+    _load_entry_points()
+    first_error = None
+    for fam in FAMILIES.values():
+        state = fam.normalize_state_dict(obj)
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ArtifactError(path, "holds values that are not tensors: not a state dict")
+        if not fam.claims(state):
+            continue
+        try:
+            return fam.spec_from_state_dict(state), state
+        except ValueError as exc:
+            first_error = first_error or f"wrong architecture ({exc})"
+    if first_error:
+        raise ArtifactError(path, first_error)
+    fallback = get_family("rlfn")  # its message names what an RLFN needs
+    state = fallback.normalize_state_dict(obj)
+    try:
+        fallback.spec_from_state_dict(state)
+    except ValueError as exc:
+        raise ArtifactError(path, f"wrong architecture ({exc}; known families: "
+                                  f"{', '.join(FAMILIES)})") from None
+    raise ArtifactError(path, "no model family recognises these weights")
+
+
 def _build_and_load(path: Path, spec: RLFNSpec, state: Mapping[str, torch.Tensor]) -> RLFN:
     model = build_model(spec)
     try:
@@ -411,13 +440,19 @@ def _from_meta(path: Path, meta: Any, state: Any, sha: str | None) -> Artifact:
         if not isinstance(meta.get(key, {}), Mapping):
             raise ArtifactError(path, f"corrupt metadata ({key!r} is a "
                                       f"{type(meta[key]).__name__}, not a mapping)")
+    family = meta.get("family", "rlfn")  # artifacts written before families existed are RLFN
+    if not isinstance(family, str):
+        raise ArtifactError(path, f"wrong family record {_short(repr(family))}")
     try:
-        spec = RLFNSpec.from_dict(meta["architecture"])
+        spec = get_family(family).spec_from_dict(meta["architecture"])
+    except WorkbenchError as exc:
+        raise ArtifactError(path, str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(path, f"wrong architecture record ({_short(exc)})") from None
     _check_state(path, state)
-    declared, held = spec.param_count(), sum(int(v.numel()) for v in state.values())
-    if declared != held:
+    declared = spec.param_count() if hasattr(spec, "param_count") else None
+    held = sum(int(v.numel()) for v in state.values())
+    if declared is not None and declared != held:
         raise ArtifactError(path, f"weights do not match the architecture it declares "
                                   f"({held:,} values in the weights, {declared:,} declared)")
     model = _build_and_load(path, spec, state)
@@ -474,13 +509,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         raise ArtifactError(path, f"holds a {type(obj).__name__}, not a state dict")
     if not all(isinstance(k, str) for k in obj):
         raise ArtifactError(path, "holds keys that are not names: not a state dict")
-    state = normalize_state_dict(obj)
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ArtifactError(path, "holds values that are not tensors: not a state dict")
-    try:
-        spec = spec_from_state_dict(state)
-    except (ValueError, TypeError) as exc:
-        raise ArtifactError(path, f"wrong architecture ({_short(exc)})") from None
+    spec, state = _spec_of_state_dict(path, obj)
     model = _build_and_load(path, spec, state)
     return Artifact(model=model, spec=spec, path=path, weights_sha256=sha256_bytes(data),
                     lineage={"source": "state dict file", "file": str(path)})
@@ -505,9 +534,21 @@ def load_model(ref: str | os.PathLike) -> Artifact:
                              f"(e.g. rlfn_s_x4, rlfn_ntire_x4, rlfn_tiny_x4, random:rlfn_s_x3)") from None
     released = released_weights(text)
     if released is not None:
-        art = load_artifact(released)
-        art.lineage = {"source": "released checkpoint", "name": text, "file": str(released)}
-        return art
+        from workbench.models import PRESETS
+
+        # the preset's spec, not one guessed from shapes: it carries what weights cannot tell
+        # (input range, SPAN's tap)
+        preset, scale = parse_model_name(text)
+        fam = preset_family(preset)
+        spec = PRESETS[preset].spec(scale)
+        data = released.read_bytes()
+        obj = _torch_load(released, data)
+        if not isinstance(obj, Mapping):
+            raise ArtifactError(released, f"holds a {type(obj).__name__}, not a state dict")
+        model = _build_and_load(released, spec, fam.normalize_state_dict(obj))
+        return Artifact(model=model, spec=spec, path=released, weights_sha256=sha256_bytes(data),
+                        lineage={"source": "released checkpoint", "name": text,
+                                 "file": str(released)})
     model = create_model(text)
     return Artifact(model=model, spec=model.spec, path=None,
                     lineage={"source": "random initialisation", "name": text})

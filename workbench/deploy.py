@@ -270,7 +270,9 @@ def _pixel_shuffle_nhwc(x: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _is_rlfn(model: nn.Module) -> bool:
-    return all(hasattr(model, a) for a in ("conv_1", "conv_2", "upsampler", "blocks"))
+    from workbench.models.rlfn import RLFN
+
+    return isinstance(model, RLFN)  # SPAN has conv_1/conv_2/blocks too, but another forward
 
 
 class _CudaGraphRunner:
@@ -333,6 +335,8 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
              cl: bool = False) -> Deployed:
         dep = Deployed(runner, module, mode=mode, device=dev, dtype=dt, channels_last=cl,
                        scale=scale)
+        if hasattr(model, "spec"):
+            dep.spec = model.spec  # its family's input range applies to the prepared model too
         if warmup and example is not None:
             dep(example)
         return dep

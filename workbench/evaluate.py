@@ -1,7 +1,9 @@
 """Evaluation of SR models on benchmark sets with the paper's and the challenge's protocols.
 
-The model takes float images on the 0..255 scale (NCHW); its output is clamped to 0..255 and
-rounded to uint8 before any metric is computed, exactly as the released results were produced.
+Images travel as float tensors on the 0..255 scale (NCHW); a model whose family declares inputs
+on [0, 1] (SPAN, DIPNet) gets x/255 and its output is scaled back (:func:`run_model`). The output is
+clamped to 0..255 and rounded to uint8 before any metric is computed, exactly as the released
+results were produced.
 Metrics come from :mod:`workbench.metrics` (Y-PSNR/Y-SSIM with ``scale`` pixels cropped, RGB PSNR).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.metrics import image_metrics
+from workbench.models.family import run_model
 
 __all__ = ["SetResult", "METRICS", "resolve_device", "super_resolve", "evaluate_set", "evaluate",
            "format_table", "results_to_json"]
@@ -82,7 +85,7 @@ def super_resolve(model: nn.Module, lr: np.ndarray, *,
         model.to(dev)
     model.eval()
     with torch.inference_mode():
-        out = model(image_to_tensor(lr, dev))
+        out = run_model(model, image_to_tensor(lr, dev))
     return tensor_to_image(out)
 
 
@@ -96,17 +99,28 @@ def _pairs(pset: Any) -> list[Any]:
     return list(pairs if pairs is not None else pset)
 
 
-def _check_lr_size(pair: Any, set_name: str, lr: np.ndarray) -> None:
+def _min_lr_size(model: nn.Module | None) -> int:
     from workbench.models import MIN_LR_SIZE
+    from workbench.models.family import family_of
 
+    if model is None:
+        return MIN_LR_SIZE
+    try:
+        return family_of(model).min_lr_size
+    except WorkbenchError:
+        return MIN_LR_SIZE
+
+
+def _check_lr_size(pair: Any, set_name: str, lr: np.ndarray, model: nn.Module | None = None) -> None:
+    size = _min_lr_size(model)
     h, w = lr.shape[:2]
-    if h < MIN_LR_SIZE or w < MIN_LR_SIZE:
+    if h < size or w < size:
         lr_file, hr_file = getattr(pair, "lr_file", None), getattr(pair, "hr_file", None)
         where = (str(lr_file) if lr_file is not None
                  else f"{hr_file} (LR made with bicubic)" if hr_file is not None
                  else f"{set_name}/{pair.name}")
-        raise WorkbenchError(f"{where}: LR image is {w}x{h}; RLFN needs at least "
-                             f"{MIN_LR_SIZE}x{MIN_LR_SIZE} (ESA's strided conv and pooling)")
+        raise WorkbenchError(f"{where}: LR image is {w}x{h}; the model needs at least "
+                             f"{size}x{size} (RLFN: ESA's strided conv and pooling)")
 
 
 def _mean(images: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -134,7 +148,7 @@ def evaluate_set(model: nn.Module, pset: Any, *, device: str | torch.device | No
     if not pairs:
         raise WorkbenchError(f"{set_name}: the set holds no images")
     for pair in pairs:  # check everything before spending time on the model
-        _check_lr_size(pair, set_name, np.asarray(pair.lr))
+        _check_lr_size(pair, set_name, np.asarray(pair.lr), model)
     out_dir = Path(save_dir) / set_name / f"x{scale}" if save_dir is not None else None
     if out_dir is not None:
         from workbench.data.images import write_image

@@ -13,7 +13,8 @@ Channel groups are sets of channels that must be removed together (a residual ad
 multiply couples them). Their names follow the network: trunk.0 (stem; conv_1, the block-1
 residual, conv_2, the upsampler's input), trunk.<i> (block i's c5 output onward),
 block<i>.mid1 / mid2 (c1_r / c2_r outputs), block<i>.esa.reduce / esa.inner / esa.fuse.
-The grouping is confirmed by torch-pruning's dependency graph.
+Groups are derived from torch-pruning's dependency graph for every family (SPAN: feature,
+block<i>.mid1 / mid2, tail, fuse); the conv before PixelShuffle keeps all its outputs.
 
   workbench prune groups --model REF
       table of groups: width, producing convs (filters) and consuming convs (inputs)
@@ -108,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['group']:<18} {r['width']:>5}  {', '.join(r['producers']):<44} "
                   f"{', '.join(r['consumers'])}")
-        print("never pruned: upsampler.0 output (PixelShuffle needs all out*scale^2 channels)")
+        from workbench.prune.groups import protected_convs
+
+        print(f"never pruned: {', '.join(protected_convs(art.model)) or 'nothing'} output "
+              "(PixelShuffle needs all out*scale^2 channels)")
         return 0
 
     from workbench.models import group_widths

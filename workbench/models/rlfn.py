@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.models.family import Family, register_family, strip_module_prefix, unwrap_wrappers
+
 MIN_LR_SIZE = 15  # ESA: conv2 (3x3, stride 2, no pad) then max-pool k7 s3 needs at least 15x15
 #: Largest channel width and block count a spec may declare: a hand-edited or damaged
 #: architecture record (trunk 10^12) must be refused before anything is allocated.
@@ -64,8 +66,17 @@ class RLFNSpec:
     blocks: tuple[BlockSpec, ...]
     in_channels: int = 3
     out_channels: int = 3
+    #: False builds the convs outside ESA without bias (DIPNet's layout).
+    bias: bool = True
+    #: 255.0: the model takes and returns images on 0..255 (RLFN's release); 1.0: on [0, 1] (DIPNet).
+    input_range: float = 255.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"RLFNSpec.bias must be true or false, got {self.bias!r}")
+        if self.input_range not in (1.0, 255.0):
+            raise ValueError(f"RLFNSpec.input_range must be 1 or 255, got {repr(self.input_range)[:40]}")
+        object.__setattr__(self, "input_range", float(self.input_range))
         if isinstance(self.scale, bool) or self.scale not in (1, 2, 3, 4, 8):
             shown = repr(self.scale)[:40]
             raise ValueError(f"RLFNSpec.scale must be one of 1, 2, 3, 4, 8, got {shown}")
@@ -93,16 +104,19 @@ class RLFNSpec:
 
     def param_count(self) -> int:
         """Parameters of the model this spec builds, computed without building it."""
-        def conv(cin: int, cout: int, k: int) -> int:
+        def esa(cin: int, cout: int, k: int) -> int:  # ESA's convs always have a bias
             return cin * cout * k * k + cout
+
+        def conv(cin: int, cout: int, k: int) -> int:  # the others only when self.bias (not DIPNet)
+            return cin * cout * k * k + (cout if self.bias else 0)
 
         total = conv(self.in_channels, self.trunk, 3)
         for i, b in enumerate(self.blocks):
             cin = self.block_in(i)
             total += (conv(cin, b.mid1, 3) + conv(b.mid1, b.mid2, 3) + conv(b.mid2, cin, 3)
-                      + conv(cin, b.out, 1) + conv(b.out, b.esa, 1) + conv(b.esa, b.esa_fuse, 1)
-                      + conv(b.esa, b.esa_inner, 3) + conv(b.esa_inner, b.esa_fuse, 3)
-                      + conv(b.esa_fuse, b.out, 1))
+                      + conv(cin, b.out, 1) + esa(b.out, b.esa, 1) + esa(b.esa, b.esa_fuse, 1)
+                      + esa(b.esa, b.esa_inner, 3) + esa(b.esa_inner, b.esa_fuse, 3)
+                      + esa(b.esa_fuse, b.out, 1))
         total += conv(self.blocks[-1].out, self.trunk, 3)
         total += conv(self.trunk, self.out_channels * self.scale ** 2, 3)
         return total
@@ -110,18 +124,28 @@ class RLFNSpec:
     # -- construction helpers -------------------------------------------------------------
     @classmethod
     def uniform(cls, *, scale: int, feature: int, mid: int | None = None, esa: int = 16,
-                blocks: int = 6) -> "RLFNSpec":
+                blocks: int = 6, bias: bool = True, input_range: float = 255.0) -> "RLFNSpec":
         """The release's shape: one trunk width everywhere, one middle width, one ESA width."""
         mid = feature if mid is None else mid
         if not isinstance(blocks, int) or not 1 <= blocks <= MAX_BLOCKS:
             raise ValueError(f"blocks must be an integer from 1 to {MAX_BLOCKS}, got {repr(blocks)[:40]}")
         return cls(scale=scale, trunk=feature,
-                   blocks=tuple(BlockSpec(mid, mid, feature, esa, esa, esa) for _ in range(blocks)))
+                   blocks=tuple(BlockSpec(mid, mid, feature, esa, esa, esa) for _ in range(blocks)),
+                   bias=bias, input_range=input_range)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": "rlfn", "scale": self.scale, "trunk": self.trunk,
-                "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "blocks": [asdict(b) for b in self.blocks]}
+        out = {"arch": "rlfn", "scale": self.scale, "trunk": self.trunk,
+               "in_channels": self.in_channels, "out_channels": self.out_channels,
+               "blocks": [asdict(b) for b in self.blocks]}
+        # written only when not RLFN's defaults, so RLFN records stay as older workbenches wrote them
+        if not self.bias:
+            out["bias"] = False
+        if self.input_range != 255.0:
+            out["input_range"] = self.input_range
+        return out
+
+    def group_widths(self) -> dict[str, int]:
+        return group_widths(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RLFNSpec":
@@ -131,7 +155,7 @@ class RLFNSpec:
         arch = data.pop("arch", "rlfn")
         if arch != "rlfn":
             raise ValueError(f"unknown architecture {arch!r} (this workbench builds 'rlfn')")
-        known = {"scale", "trunk", "blocks", "in_channels", "out_channels"}
+        known = {"scale", "trunk", "blocks", "in_channels", "out_channels", "bias", "input_range"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")
@@ -193,7 +217,11 @@ class RLFNSpec:
         mid = joined([b.mid1 for b in self.blocks], [b.mid2 for b in self.blocks])
         esa = joined([b.esa for b in self.blocks], [b.esa_inner for b in self.blocks],
                      [b.esa_fuse for b in self.blocks])
-        return f"RLFN x{self.scale}: {trunk}, mid {mid}, ESA {esa}, {self.num_blocks} blocks"
+        return f"{self._label()} x{self.scale}: {trunk}, mid {mid}, ESA {esa}, {self.num_blocks} blocks"
+
+    def _label(self) -> str:
+        extra = ([] if self.bias else ["no bias"]) + ([] if self.input_range == 255.0 else ["[0,1]"])
+        return "RLFN" + (f" ({', '.join(extra)})" if extra else "")
 
 
 _BLOCK_FIELDS = {"mid1": "mid1", "mid2": "mid2", "esa.reduce": "esa", "esa.inner": "esa_inner",
@@ -217,7 +245,10 @@ def group_widths(spec: RLFNSpec) -> dict[str, int]:
     (or conv_2). Inside block i: ``block<i>.mid1``, ``block<i>.mid2``, ``block<i>.esa.reduce`` (conv1
     output), ``block<i>.esa.inner`` (conv2 output) and ``block<i>.esa.fuse`` (conv_f/conv3 output).
     The upsampler's output never appears: PixelShuffle needs all 3*s^2 channels.
+    Another family's spec answers with its own ``group_widths()``.
     """
+    if not isinstance(spec, RLFNSpec):
+        return spec.group_widths()
     out = {"trunk.0": spec.trunk}
     for i, b in enumerate(spec.blocks, start=1):
         out[f"block{i}.mid1"] = b.mid1
@@ -230,11 +261,12 @@ def group_widths(spec: RLFNSpec) -> dict[str, int]:
 
 
 def conv_layer(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               padding: int | None = None) -> nn.Conv2d:
+               padding: int | None = None, bias: bool = True) -> nn.Conv2d:
     """Conv2d with 'same' padding by default, as the release builds them."""
     if padding is None:
         padding = (kernel_size - 1) // 2
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                     bias=bias)
 
 
 class ESA(nn.Module):
@@ -262,12 +294,12 @@ class ESA(nn.Module):
 class RLFB(nn.Module):
     """Residual local feature block: three 3x3 conv + LeakyReLU(0.05), residual add, 1x1, ESA."""
 
-    def __init__(self, in_channels: int, spec: BlockSpec) -> None:
+    def __init__(self, in_channels: int, spec: BlockSpec, bias: bool = True) -> None:
         super().__init__()
-        self.c1_r = conv_layer(in_channels, spec.mid1, 3)
-        self.c2_r = conv_layer(spec.mid1, spec.mid2, 3)
-        self.c3_r = conv_layer(spec.mid2, in_channels, 3)
-        self.c5 = conv_layer(in_channels, spec.out, 1)
+        self.c1_r = conv_layer(in_channels, spec.mid1, 3, bias=bias)
+        self.c2_r = conv_layer(spec.mid1, spec.mid2, 3, bias=bias)
+        self.c3_r = conv_layer(spec.mid2, in_channels, 3, bias=bias)
+        self.c5 = conv_layer(in_channels, spec.out, 1, bias=bias)
         self.esa = ESA(spec.out, spec.esa, spec.esa_inner, spec.esa_fuse)
         self.act = nn.LeakyReLU(negative_slope=0.05, inplace=True)
 
@@ -282,18 +314,20 @@ class RLFB(nn.Module):
 class RLFN(nn.Module):
     """RLFN: conv 3x3, blocks, conv 3x3 + long skip, conv 3x3 to out*s^2, PixelShuffle.
 
-    Takes and returns images on the 0..255 scale (the release was trained that way).
+    Takes and returns images on the 0..255 scale (the release was trained that way), or on [0, 1]
+    when ``spec.input_range`` is 1 (DIPNet); ``spec.bias`` False drops the biases outside ESA.
     """
 
     def __init__(self, spec: RLFNSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.conv_1 = conv_layer(spec.in_channels, spec.trunk, 3)
+        bias = spec.bias
+        self.conv_1 = conv_layer(spec.in_channels, spec.trunk, 3, bias=bias)
         for i, block in enumerate(spec.blocks):
-            self.add_module(f"block_{i + 1}", RLFB(spec.block_in(i), block))
-        self.conv_2 = conv_layer(spec.blocks[-1].out, spec.trunk, 3)
+            self.add_module(f"block_{i + 1}", RLFB(spec.block_in(i), block, bias=bias))
+        self.conv_2 = conv_layer(spec.blocks[-1].out, spec.trunk, 3, bias=bias)
         self.upsampler = nn.Sequential(
-            conv_layer(spec.trunk, spec.out_channels * spec.scale ** 2, 3),
+            conv_layer(spec.trunk, spec.out_channels * spec.scale ** 2, 3, bias=bias),
             nn.PixelShuffle(spec.scale),
         )
 
@@ -316,6 +350,9 @@ class RLFN(nn.Module):
 def spec_from_state_dict(state: Mapping[str, torch.Tensor], *, scale: int | None = None) -> RLFNSpec:
     """Infer every width (and the scale) of an RLFN from its weights' shapes.
 
+    Weights without ``conv_1.bias`` are DIPNet's layout (no bias outside ESA), which was trained on
+    [0, 1] images: such a spec gets ``bias=False`` and ``input_range=1``. Artifacts record both, so
+    this guess only concerns bare ``.pth`` files.
     Raises ValueError naming what is missing when the keys are not an RLFN's.
     """
     def shape(key: str) -> tuple[int, ...]:
@@ -347,8 +384,9 @@ def spec_from_state_dict(state: Mapping[str, torch.Tensor], *, scale: int | None
         raise ValueError(f"upsampler.0 has {up_out} outputs: not {out_channels}*s^2 for any scale")
     if scale is not None and scale != inferred:
         raise ValueError(f"weights are for x{inferred}, not x{scale}")
+    bias = "conv_1.bias" in state
     return RLFNSpec(scale=inferred, trunk=trunk, blocks=tuple(blocks), in_channels=in_channels,
-                    out_channels=out_channels)
+                    out_channels=out_channels, bias=bias, input_range=255.0 if bias else 1.0)
 
 
 # The NTIRE 2022 challenge copy (team 04) names the same tensors differently.
@@ -361,14 +399,10 @@ def normalize_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     Handles the challenge copy (fea_conv, B1..Bn, LR_conv), wrappers that nest the weights under
     'params'/'params_ema'/'state_dict'/'model', and DataParallel/DDP 'module.' prefixes.
     """
-    for wrapper in ("params_ema", "params", "state_dict", "model"):
-        if wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-            break
+    state = unwrap_wrappers(state)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
+        key = strip_module_prefix(key)
         for old, new in _CHALLENGE_PREFIXES:
             if key.startswith(old):
                 key = new + key[len(old):]
@@ -388,10 +422,13 @@ class Preset:
     blocks: int
     about: str = ""
     checkpoint: dict[int, str] = field(default_factory=dict)
+    bias: bool = True
+    input_range: float = 255.0
+    scales: tuple[int, ...] = (2, 3, 4)
 
     def spec(self, scale: int) -> RLFNSpec:
         return RLFNSpec.uniform(scale=scale, feature=self.feature, mid=self.mid, esa=self.esa,
-                                blocks=self.blocks)
+                                blocks=self.blocks, bias=self.bias, input_range=self.input_range)
 
 
 PRESETS: dict[str, Preset] = {
@@ -402,6 +439,46 @@ PRESETS: dict[str, Preset] = {
     "rlfn_ntire": Preset("rlfn_ntire", 46, 48, 16, 4,
                          "NTIRE 2022 runtime-track winner (trunk 46, mid 48, 4 blocks)",
                          {4: "rlfn_ntire_x4.pth"}),
+    # DIPNet (NTIRE 2023 fastest runtime): RLFN-shaped, bias-free convs outside ESA, [0, 1] input.
+    "dipnet": Preset("dipnet", 44, 38, 16, 4,
+                     "DIPNet, NTIRE 2023 fastest runtime (RLFN-shaped: trunk 44, mid 38, 4 blocks, "
+                     "no bias outside ESA, inputs in [0,1])", {4: "dipnet_x4.pth"},
+                     bias=False, input_range=1.0),
     # Tiny variants for tests and smoke runs: seconds on a CPU.
     "rlfn_tiny": Preset("rlfn_tiny", 8, 8, 4, 2, "tiny test model (8 channels, 2 blocks)"),
+    "dipnet_tiny": Preset("dipnet_tiny", 8, 6, 4, 2, "tiny DIPNet-shaped test model",
+                          bias=False, input_range=1.0),
 }
+
+
+# -- the family declaration -----------------------------------------------------------------
+
+_GROUP_ROOTS = {"c1_r": "mid1", "c2_r": "mid2", "esa.conv1": "esa.reduce", "esa.conv2": "esa.inner",
+                "esa.conv_f": "esa.fuse"}
+
+
+def rlfn_group_name(root: str) -> str | None:
+    """Readable group name from the module path of the group's first producing conv: conv_1 ->
+    trunk.0, block_<i>.c5 -> trunk.<i>, block_<i>.c1_r -> block<i>.mid1, ... (see group_widths)."""
+    if root == "conv_1":
+        return "trunk.0"
+    head, _, rest = root.partition(".")
+    if head.startswith("block_") and head[6:].isdigit():
+        i = int(head[6:])
+        if rest == "c5":
+            return f"trunk.{i}"
+        if rest in _GROUP_ROOTS:
+            return f"block{i}.{_GROUP_ROOTS[rest]}"
+    return None
+
+
+def claims_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
+    return "conv_1.weight" in state and "block_1.c1_r.weight" in state
+
+
+FAMILY = register_family(Family(
+    name="rlfn", spec_type=RLFNSpec, build=lambda spec: RLFN(spec),
+    spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
+    claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: spec.input_range,
+    group_name=rlfn_group_name, min_lr_size=MIN_LR_SIZE,
+    about="RLFN and RLFN-shaped networks (RLFN, RLFN-S, the NTIRE 2022 model, DIPNet)"))

@@ -1,6 +1,7 @@
-"""ONNX export of an RLFN (pruned or not) and its check against onnxruntime.
+"""ONNX export of any family's model (pruned or not) and its check against onnxruntime.
 
-The graph takes ``lr`` (N, 3, H, W) float32 on the 0..255 scale and returns ``sr`` (N, 3, sH, sW);
+The graph takes ``lr`` (N, 3, H, W) float32 on the 0..255 scale and returns ``sr`` (N, 3, sH, sW),
+for every family (a [0, 1] model such as SPAN or DIPNet is exported with the scaling folded in);
 batch, height and width are dynamic axes (ESA's interpolation reads the input size at run time).
 The export goes through the TorchScript exporter (``dynamo=False``), which needs no extra packages
 and keeps the dynamic sizes as Shape ops.
@@ -49,8 +50,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_O
     from workbench.artifacts import atomic_write_bytes
 
     check_opset(opset)
-    model = copy.deepcopy(model).to("cpu").float().eval()
+    from workbench.models.family import on_255
+
     channels = getattr(getattr(model, "spec", None), "in_channels", 3)
+    # the graph takes 0..255 whatever the family's input range ([0,1] models get x/255 inside)
+    model = on_255(copy.deepcopy(model).to("cpu").float().eval())
     sample = torch.rand(1, channels, sample_size, sample_size) * 255
     buffer = io.BytesIO()
     axes = {"lr": {0: "batch", 2: "height", 3: "width"},
@@ -90,8 +94,10 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, images: list[np.ndarra
             raise WorkbenchError(f"image {i + 1}: check input is {w}x{h}; RLFN needs LR images of at least "
                                  f"{MIN_LR_SIZE}x{MIN_LR_SIZE}")
 
+    from workbench.models.family import on_255
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model = copy.deepcopy(model).to("cpu").float().eval()
+    model = on_255(copy.deepcopy(model).to("cpu").float().eval())
     rows = []
     for img in images:
         x = torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))).float()[None]

@@ -1,5 +1,16 @@
-"""Coupled channel groups of an RLFN: our readable names, their member convolutions, and the
-torch-pruning dependency graph that confirms them.
+"""Coupled channel groups of any family's model, derived from torch-pruning's dependency graph.
+
+:func:`derive_groups` traces the model once and reads every coupled group off the graph: its
+producing convs (output filters), its consuming convs (input slices, with the exact input indices
+where a concatenation puts the group at an offset, e.g. SPAN's conv_cat) and a readable name from the
+family (``Family.group_name``) or else the module path of the group's first producer. A conv whose
+output feeds a PixelShuffle (or is the model's output) is *protected*: never a root, so its outputs
+stay whole, while its inputs are pruned with their group. Residual adds and multiplicative
+couplings (ESA's sigmoid mask, SPAN's attention) come out of the graph as shared groups.
+
+For RLFN the hand-written table (:func:`rlfn_reference_groups`) is kept as an oracle: the tests
+require the derivation to reproduce it exactly, and ``channel_groups(model, verify=True)`` checks a
+model's traced grouping against the groups of a model freshly built from its spec.
 
 A *channel group* is a set of channels that must be removed together: every convolution that
 produces them (its output filters) and every convolution that reads them (its input slices). A
@@ -19,14 +30,16 @@ are not pruned with ``trunk.0`` and the model breaks. It is excluded as a *root*
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.models.rlfn import RLFN, RLFNSpec, group_widths
+from workbench.models import build_model, group_widths
+from workbench.models.rlfn import RLFN, RLFNSpec
 
 # Smallest input that the ESA branch accepts is 15x15; the graph trace uses this LR size.
 TRACE_SIZE = 16
@@ -45,6 +58,10 @@ class ChannelGroup:
     width: int
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
+    #: (consumer, input channel indices) for consumers that read the group at other input indices
+    #: than 0..width-1 (a concatenation); k*width indices when it reads the group k times, channel
+    #: j at positions j, width + j, ... Empty when every consumer reads it at 0..width-1.
+    slices: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def root(self) -> str:
@@ -52,23 +69,36 @@ class ChannelGroup:
 
     @property
     def kind(self) -> str:
-        """'trunk', 'mid1', 'mid2', 'esa.reduce', 'esa.inner' or 'esa.fuse'."""
-        return "trunk" if self.name.startswith("trunk.") else self.name.partition(".")[2]
+        """RLFN: 'trunk', 'mid1', 'mid2', 'esa.reduce', 'esa.inner' or 'esa.fuse'; otherwise the
+        name after 'block<i>.' (or the whole name)."""
+        if self.name.startswith("trunk."):
+            return "trunk"
+        head, _, rest = self.name.partition(".")
+        return rest if rest and head.startswith("block") and head[5:].isdigit() else self.name
 
     @property
     def block(self) -> int:
-        """Block index (1-based) the group belongs to; 0 for the stem group ``trunk.0``."""
-        if self.name.startswith("trunk."):
-            return int(self.name.split(".")[1])
-        return int(self.name.partition(".")[0][len("block"):])
+        """Block index (1-based) the group belongs to; 0 for the stem group ``trunk.0`` and for
+        groups outside numbered blocks."""
+        if self.name.startswith("trunk.") and self.name[6:].isdigit():
+            return int(self.name[6:])
+        head = self.name.partition(".")[0]
+        return int(head[5:]) if head.startswith("block") and head[5:].isdigit() else 0
+
+    def input_indices(self, consumer: str) -> list[int]:
+        """The input channel indices of ``consumer`` that carry this group (see ``slices``)."""
+        for name, idxs in self.slices:
+            if name == consumer:
+                return list(idxs)
+        return list(range(self.width))
 
     def members(self) -> list[tuple[str, str]]:
         """(conv name, 'out' | 'in') for every member, producers first."""
         return [(p, "out") for p in self.producers] + [(c, "in") for c in self.consumers]
 
 
-def expected_groups(spec: RLFNSpec) -> dict[str, ChannelGroup]:
-    """The groups an RLFN of this spec has, in network order, with their member convs.
+def rlfn_reference_groups(spec: RLFNSpec) -> dict[str, ChannelGroup]:
+    """The hand-written group table of an RLFN of this spec (the derivation's test oracle).
 
     The stem group ``trunk.0`` is conv_1's output, which block 1 adds back after c3_r and which
     conv_2's output is added to before the upsampler. Each block's 1x1 c5 starts a new group
@@ -104,14 +134,156 @@ def expected_groups(spec: RLFNSpec) -> dict[str, ChannelGroup]:
     return {name: out[name] for name in widths}
 
 
-def example_input(model: nn.Module, *, size: int = TRACE_SIZE) -> torch.Tensor:
+def _trace_size(model: nn.Module) -> int:
+    from workbench.models.family import family_of
+
+    try:
+        return max(TRACE_SIZE, family_of(model).min_lr_size)
+    except WorkbenchError:
+        return TRACE_SIZE
+
+
+def example_input(model: nn.Module, *, size: int | None = None) -> torch.Tensor:
     """A small LR input on the model's device and dtype, for tracing the graph."""
     param = next(model.parameters())
-    return torch.rand(1, model.spec.in_channels, size, size, device=param.device,
-                      dtype=param.dtype) * 255
+    spec = getattr(model, "spec", None)
+    channels = getattr(spec, "in_channels", None) or _first_conv(model).in_channels
+    return torch.rand(1, channels, size or _trace_size(model), size or _trace_size(model),
+                      device=param.device, dtype=param.dtype) * 255
 
 
-def build_graph(model: RLFN):
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module
+    raise WorkbenchError(f"{type(model).__name__} has no Conv2d: nothing to prune")
+
+
+def protected_convs(model: nn.Module, x: torch.Tensor | None = None) -> list[str]:
+    """Convs whose outputs must keep every channel: those feeding an ``nn.PixelShuffle`` (it needs
+    all out*s^2 channels) and those whose output is the model's output. Found by one forward pass
+    with hooks (a functional ``F.pixel_shuffle`` is not seen: use the module)."""
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[int, str] = {}
+    keep_alive: list[torch.Tensor] = []
+    protected: list[str] = []
+
+    def conv_hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        produced[id(out)] = names[mod]
+        keep_alive.append(out)
+
+    def shuffle_hook(_mod: nn.Module, inp: tuple) -> None:
+        name = produced.get(id(inp[0]))
+        if name is not None and name not in protected:
+            protected.append(name)
+
+    handles = []
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.PixelShuffle):
+            handles.append(mod.register_forward_pre_hook(shuffle_hook))
+    try:
+        with torch.no_grad():
+            out = model(example_input(model) if x is None else x)
+    finally:
+        for h in handles:
+            h.remove()
+    name = produced.get(id(out)) if isinstance(out, torch.Tensor) else None
+    if name is not None and name not in protected:
+        protected.append(name)
+    return protected
+
+
+def derive_groups(model: nn.Module, graph=None) -> dict[str, ChannelGroup]:
+    """Every prunable coupled channel group of ``model``, read off torch-pruning's graph.
+
+    Names come from the model's family (``Family.group_name(first producer path)``), falling back
+    to the first producer's module path; the order is the family's ``group_widths`` order where
+    every name is in it, else network (module registration) order. Groups that include a protected
+    conv's outputs (see :func:`protected_convs`), groups no conv reads (channels that reach the
+    model's output through elementwise ops) and groups a channel split divides among consumers
+    (its sizes are written in the forward) are left out: they cannot shrink.
+    """
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    try:
+        protected = protected_convs(model)
+        graph = graph if graph is not None else build_graph(model)
+        names = {module: name for name, module in model.named_modules()}
+        order = {name: i for i, name in enumerate(names.values())}
+        namer = None
+        spec = getattr(model, "spec", None)
+        try:
+            from workbench.models.family import family_of
+
+            namer = family_of(model).group_name
+        except WorkbenchError:
+            pass
+        ignored = [model.get_submodule(n) for n in protected]
+        found: list[ChannelGroup] = []
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d,)):
+            producers: dict[str, int] = {}
+            consumers: dict[str, list[int]] = {}
+            for item in group.items:
+                module = item.dep.target.module
+                if not isinstance(module, nn.Conv2d):
+                    continue
+                handler = item.dep.handler
+                idxs = [int(i) for i in item.idxs]
+                if handler == tp.prune_conv_out_channels:
+                    producers[names[module]] = module.out_channels
+                elif handler == tp.prune_conv_in_channels:
+                    consumers.setdefault(names[module], []).extend(idxs)
+            if not producers or any(p in protected for p in producers):
+                continue
+            if not consumers:  # no conv reads them: they reach the output (e.g. a scaled tail)
+                continue
+            width = producers[min(producers, key=order.__getitem__)]
+            if any(len(v) % width for v in consumers.values()):
+                # a channel split (torch.split / slicing) hands parts of the group to different
+                # consumers; the split sizes live in the forward code, so the group cannot shrink
+                continue
+            prod = tuple(sorted(producers, key=order.__getitem__))
+            width = producers[prod[0]]
+            cons = tuple(sorted(consumers, key=order.__getitem__))
+            slices = tuple((c, tuple(consumers[c])) for c in cons
+                           if consumers[c] != list(range(width)))
+            name = (namer(prod[0]) if namer else None) or prod[0]
+            found.append(ChannelGroup(name, width, prod, cons, slices))
+    finally:
+        model.train(was_training)
+    found.sort(key=lambda g: order[g.root])
+    out = {g.name: g for g in found}
+    if len(out) != len(found):
+        dup = sorted({g.name for g in found if sum(h.name == g.name for h in found) > 1})
+        raise WorkbenchError(f"two channel groups got the same name {dup}: the family's "
+                             "group_name is ambiguous")
+    # a wrapped module's spec takes its names from this very derivation: nothing to reorder by
+    if spec is not None and hasattr(spec, "to_dict") and not getattr(spec, "GRAPH_NAMED", False):
+        try:
+            known = list(group_widths(spec))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            known = []
+        if set(known) == set(out):
+            out = {n: out[n] for n in known}
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _spec_groups(spec: Any) -> tuple[tuple[str, ChannelGroup], ...]:
+    return tuple(derive_groups(build_model(spec)).items())
+
+
+def expected_groups(spec: Any) -> dict[str, ChannelGroup]:
+    """The groups a model built from ``spec`` has (derived from the graph of a freshly built model
+    of its family; cached per spec, so callers that only hold a spec pay the trace once)."""
+    return dict(_spec_groups(spec))
+
+
+def build_graph(model: nn.Module):
     """torch-pruning's DependencyGraph of ``model`` (traced with autograd on, as it requires)."""
     import torch_pruning as tp
 
@@ -120,51 +292,32 @@ def build_graph(model: RLFN):
                                                      verbose=False)
 
 
-def _tp_member_sets(model: RLFN, graph) -> list[frozenset[tuple[str, str]]]:
-    import torch_pruning as tp
+def verify_groups(model: nn.Module, graph=None) -> dict[str, ChannelGroup]:
+    """Derive ``model``'s groups from its graph and check them against the groups of a model
+    freshly built from its spec; return them.
 
-    names = {module: name for name, module in model.named_modules()}
-    sets = []
-    for group in graph.get_all_groups(ignored_layers=[model.upsampler[0]],
-                                      root_module_types=(nn.Conv2d,)):
-        members = set()
-        for item in group.items:
-            module = item.dep.target.module
-            if not isinstance(module, nn.Conv2d):
-                continue
-            handler = item.dep.handler
-            if handler == tp.prune_conv_out_channels:
-                members.add((names[module], "out"))
-            elif handler == tp.prune_conv_in_channels:
-                members.add((names[module], "in"))
-        sets.append(frozenset(members))
-    return sets
-
-
-def verify_groups(model: RLFN, graph=None) -> dict[str, ChannelGroup]:
-    """Check that torch-pruning's grouping of ``model`` equals the spec's groups; return them.
-
-    Raises WorkbenchError naming the first group that differs (a model whose wiring no longer
-    matches its spec must not be pruned).
+    Raises WorkbenchError naming the groups that differ (a model whose wiring no longer matches its
+    spec must not be pruned: its pruned form would not rebuild from the spec).
     """
-    expected = expected_groups(model.spec)
-    graph = graph if graph is not None else build_graph(model)
-    traced = _tp_member_sets(model, graph)
-    wanted = {frozenset(g.members()): name for name, g in expected.items()}
-    unmatched = [sorted(s) for s in traced if s not in wanted]
-    if unmatched or len(traced) != len(expected):
-        missing = [name for members, name in wanted.items() if members not in traced]
+    traced = derive_groups(model, graph)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return traced
+    expected = expected_groups(spec)
+    if traced != expected:
+        missing = [n for n, g in expected.items() if traced.get(n) != g]
+        extra = [n for n, g in traced.items() if expected.get(n) != g]
         raise WorkbenchError(
             f"torch-pruning's channel groups do not match the model spec: groups {missing} not "
-            f"found; traced groups not in the spec: {unmatched[:2]}")
-    return expected
+            f"found; traced groups not in the spec: {extra[:2]}")
+    return traced
 
 
-def channel_groups(model: RLFN, *, verify: bool = True) -> dict[str, ChannelGroup]:
+def channel_groups(model: nn.Module, *, verify: bool = True) -> dict[str, ChannelGroup]:
     """Readable name -> :class:`ChannelGroup` for every prunable group of ``model``.
 
-    With ``verify`` (the default) the grouping is confirmed against torch-pruning's dependency
-    graph traced from ``model`` (about 0.1 s); without it, the spec alone decides.
+    With ``verify`` (the default) the grouping traced from ``model`` itself (about 0.1 s for a tiny
+    model) must equal that of its spec; without it, the spec alone decides.
     """
     if verify:
         return verify_groups(model)

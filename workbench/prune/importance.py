@@ -52,11 +52,15 @@ def _out_filters(model: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
 
 
 def _in_slices(model: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
-    """Each consumer's weight as [width, fan_out * k * k] (float64, CPU)."""
+    """Each consumer's weight as [width, fan_out * k * k] (float64, CPU); a consumer that reads
+    the group through a concatenation contributes the input slice(s) at the group's indices."""
     mats = []
     for name in group.consumers:
         w = _conv(model, name).weight.detach().to("cpu", torch.float64)
-        mats.append(w.transpose(0, 1).reshape(w.shape[1], -1))
+        rows = w.transpose(0, 1).reshape(w.shape[1], -1)
+        idxs = group.input_indices(name)
+        for start in range(0, len(idxs), group.width):
+            mats.append(rows[idxs[start:start + group.width]])
     return mats
 
 
@@ -134,11 +138,16 @@ def output_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     first producer on) on a 5x3x32x32 batch.
     """
     param = next(model.parameters())
+    from workbench.models.family import model_input
+
     x = calibration_batch(model.spec.scale, channels=model.spec.in_channels).to(param.device,
                                                                                  param.dtype)
+    x = model_input(model, x)  # the family's input range
+    from workbench.models.rlfn import RLFN
     from workbench.prune.sensitivity import activation_at, forward_from, start_point
 
-    point = start_point(group.name)  # only the part from the group's first producer is rerun
+    # RLFN: only the part from the group's first producer is rerun; other families: all of it
+    point = start_point(group.name) if isinstance(model, RLFN) else ("input", 0)
     if point[0] == "input":
         def run() -> torch.Tensor:
             return model(x)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.models.rlfn import RLFN, group_widths
+from workbench.models import group_widths
+from workbench.models.rlfn import RLFN
 from workbench.prune.groups import expected_groups, select_groups
 from workbench.prune.importance import get_importance, group_scores, lowest
 from workbench.prune.surgery import prune_to_widths
@@ -122,13 +123,17 @@ class ActivationCache:
                  device: torch.device, keep_points: bool = True) -> None:
         from workbench.evaluate import image_to_tensor
         from workbench.metrics import rgb_to_y
+        from workbench.models.family import model_input
 
         self.scale = scale
+        # the cache points are RLFN's; other families are scored by full forward passes
+        keep_points = keep_points and isinstance(model, RLFN)
         self.images: list[_ImageCache] = []
         model.eval()
         with torch.inference_mode():
             for pair in pairs:
-                lr = image_to_tensor(np.asarray(pair.lr), device)
+                # cached on the model's input range (x/255 for [0,1] families)
+                lr = model_input(model, image_to_tensor(np.asarray(pair.lr), device))
                 hr = np.asarray(pair.hr)[:lr.shape[2] * scale, :lr.shape[3] * scale]
                 points: dict[tuple[str, int], torch.Tensor] = {}
                 feature = model.conv_1(lr) if keep_points else lr[:, :0]
@@ -149,8 +154,10 @@ class ActivationCache:
         ``group``'s prune changed weights (``None`` or caching off: a full forward pass)."""
         from workbench.evaluate import tensor_to_image
         from workbench.metrics import psnr, rgb_to_y
+        from workbench.models.family import model_output
 
-        point = start_point(group) if group is not None else ("input", 0)
+        point = (start_point(group) if group is not None and isinstance(model, RLFN)
+                 else ("input", 0))
         values = []
         model.eval()
         with torch.inference_mode():
@@ -159,7 +166,7 @@ class ActivationCache:
                     out = model(img.lr)
                 else:
                     out = forward_from(model, point, img.points[point], img.feature)
-                sr_y = rgb_to_y(tensor_to_image(out))
+                sr_y = rgb_to_y(tensor_to_image(model_output(model, out)))
                 values.append(psnr(sr_y, img.hr_y, border=self.scale))
         return float(np.mean(values))
 
@@ -298,9 +305,9 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     cache = ActivationCache(model, pairs, scale=scale, device=dev, keep_points=use_cache)
     base_psnr = cache.psnr(model, None)
     base_counts = ntire_counts(model)
-    quick = fast_counts(model)
-    counter = fast_counts if (quick["params"] == base_counts["params"] and
-                              abs(quick["flops_g"] - base_counts["flops_g"]) < 1e-9) else ntire_counts
+    quick = fast_counts(model) if isinstance(model, RLFN) else {}
+    counter = fast_counts if (quick.get("params") == base_counts["params"] and
+                              abs(quick.get("flops_g", -1) - base_counts["flops_g"]) < 1e-9) else ntire_counts
     latency_memo: dict[tuple, dict[str, Any]] = {}
     counts_memo: dict[tuple, dict[str, Any]] = {}
     mode = None

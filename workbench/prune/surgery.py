@@ -9,13 +9,15 @@ and no group lists it as a producer.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.models.rlfn import RLFN, RLFNSpec, group_widths
+from workbench.models import build_model, group_widths
+from workbench.models.rlfn import RLFN, RLFNSpec
 from workbench.prune.groups import (ChannelGroup, build_graph, channel_groups, expand_widths,
                                     expected_groups)
 from workbench.prune.importance import group_scores, lowest
@@ -36,7 +38,7 @@ def rebuild(model: nn.Module, spec: RLFNSpec) -> RLFN:
     """A fresh RLFN built from ``spec`` holding ``model``'s weights (strict load), same device,
     dtype and train/eval mode. Raises WorkbenchError if the weights do not fit the spec."""
     param = next(model.parameters())
-    fresh = RLFN(spec).to(device=param.device, dtype=param.dtype)
+    fresh = build_model(spec).to(device=param.device, dtype=param.dtype)
     try:
         fresh.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as exc:
@@ -117,6 +119,9 @@ def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[in
     for every released model); otherwise prune first.
     """
     spec = model.spec
+    if not isinstance(spec, RLFNSpec):
+        raise WorkbenchError(f"dropping blocks is implemented for RLFN-shaped models only, not "
+                             f"{type(spec).__name__}")
     n = spec.num_blocks
     if keep is None:
         if num_blocks is None or not 1 <= num_blocks <= n:
@@ -138,8 +143,7 @@ def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[in
             raise WorkbenchError(f"cannot drop blocks: block {k} reads {inputs[k - 1]} channels but "
                                  f"would be fed {feeds}; make the widths equal first")
         feeds = spec.blocks[k - 1].out
-    target = RLFNSpec(scale=spec.scale, trunk=spec.trunk, blocks=tuple(kept),
-                      in_channels=spec.in_channels, out_channels=spec.out_channels)
+    target = replace(spec, blocks=tuple(kept))
     renumber = {old: new for new, old in enumerate(keep, start=1)}
     state = {}
     for key, value in model.state_dict().items():

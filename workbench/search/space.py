@@ -145,6 +145,10 @@ class SearchSpace:
         Widths cannot exceed the parent's (pruning only removes channels); fewer blocks keep the
         parent's first k, so block k's output must feed conv_2 as the last block's does.
         """
+        if not isinstance(parent, RLFNSpec):
+            raise WorkbenchError(f"search space: its dimensions (trunk, mid, esa, blocks) are "
+                                 f"RLFN's; searching a {type(parent).__name__} is not supported yet "
+                                 "(prune it with 'workbench prune apply' instead)")
         trunk_widths = [parent.trunk] + [b.out for b in parent.blocks]
         if self.trunk is not None and self.trunk.high > min(trunk_widths):
             raise WorkbenchError(f"search space: trunk up to {self.trunk.high} exceeds the parent's "

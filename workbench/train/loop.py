@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
+from workbench.models.family import run_model
 from workbench.train import distributed
 from workbench.train.losses import build_loss
 
@@ -430,7 +431,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
             hr_batch = hr_batch.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(settings, device):
-                sr = model(lr_batch)
+                sr = run_model(model, lr_batch)  # through the family's input range
             loss = criterion(sr.float(), hr_batch, lr_batch)
             checked = distributed.all_reduce_mean(loss.detach()) if dist_info.enabled else loss.detach()
             value = float(checked)

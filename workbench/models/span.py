@@ -1,0 +1,290 @@
+"""SPAN (Swift Parameter-free Attention Network, Wan et al., CVPRW 2024) in deploy form.
+
+The NTIRE 2024 efficient-SR winner and the baseline of the 2025/2026 challenges. Its training-time
+"Conv3XC" blocks (1x1 -> 3x3 -> 1x1 plus a 1x1 skip) fold into one 3x3 conv; the released challenge
+weights are stored folded, under ``<name>.eval_conv.*``, and this module builds exactly that form
+(so the weights load strictly and the deploy form is the model itself).
+
+Forward (inputs on [0, 1]; the model subtracts the dataset mean and multiplies by 255 itself)::
+
+    f = conv_1((x - mean) * 255)
+    block i (SPAB): a1 = silu(c1_r(h)); o3 = c3_r(silu(c2_r(a1)))
+                    h' = (o3 + h) * (sigmoid(o3) - 0.5)          -> also returns a1
+    t = conv_2(h after the last block)
+    y = conv_cat(cat[f, t, block 1's output, block <tap>'s a1])     (1x1)
+    out = PixelShuffle(upsampler.0(y))                               (no residual, no de-mean)
+
+Every width pruning can change is a field of :class:`SPANSpec`. The attention multiply ties every
+block's c3_r output to its input, so conv_1's output, every c3_r output and two slices of
+conv_cat's input are one channel group (``feature``); see :meth:`SPANSpec.group_widths`.
+
+Measured against expected.json: the tapped tensor is the *last* block's c1_r output *after* its
+SiLU (the release's ``out_b5_2`` comes from block_6, whose in-place SiLU changes the returned
+tensor), not block 5's raw c1_r output: that reading gives 26.64 dB on Set5 instead of 31.739.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.models.family import (Family, ModelPreset, register_family, strip_module_prefix,
+                                     unwrap_wrappers)
+
+#: The DIV2K RGB mean the release subtracts.
+SPAN_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def _positive(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SPABSpec:
+    """Widths of one SPAB: ``mid1``/``mid2`` are the outputs of c1_r/c2_r (c3_r produces the
+    block's input width, the ``feature`` group)."""
+
+    mid1: int
+    mid2: int
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            _positive("SPABSpec", name, value)
+
+
+@dataclass(frozen=True)
+class SPANSpec:
+    """Everything that rebuilds a deploy-form SPAN.
+
+    ``feature`` is conv_1's output (= every block's input and c3_r output); ``tail`` conv_2's
+    output; ``fuse`` conv_cat's output (the upsampler's input); ``tap`` the 1-based block whose
+    activated c1_r output joins conv_cat (the last block in the release, the default).
+    """
+
+    scale: int
+    feature: int
+    blocks: tuple[SPABSpec, ...]
+    tail: int | None = None
+    fuse: int | None = None
+    tap: int | None = None
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.scale not in (1, 2, 3, 4, 8):
+            raise ValueError(f"SPANSpec.scale must be one of 1, 2, 3, 4, 8, got {self.scale!r}")
+        _positive("SPANSpec", "feature", self.feature)
+        blocks = tuple(b if isinstance(b, SPABSpec) else SPABSpec(**b) for b in self.blocks)
+        if len(blocks) < 1:
+            raise ValueError("SPANSpec needs at least one block")
+        object.__setattr__(self, "blocks", blocks)
+        for name in ("tail", "fuse"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.feature)
+            _positive("SPANSpec", name, getattr(self, name))
+        if self.tap is None:
+            object.__setattr__(self, "tap", len(blocks))
+        if not isinstance(self.tap, int) or not 1 <= self.tap <= len(blocks):
+            raise ValueError(f"SPANSpec.tap must be a block index 1..{len(blocks)}, got {self.tap!r}")
+
+    @classmethod
+    def uniform(cls, *, scale: int, feature: int, blocks: int = 6) -> "SPANSpec":
+        return cls(scale=scale, feature=feature,
+                   blocks=tuple(SPABSpec(feature, feature) for _ in range(blocks)))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": "span", "scale": self.scale, "feature": self.feature,
+                "blocks": [asdict(b) for b in self.blocks], "tail": self.tail, "fuse": self.fuse,
+                "tap": self.tap, "in_channels": self.in_channels, "out_channels": self.out_channels}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SPANSpec":
+        data = dict(data)
+        arch = data.pop("arch", "span")
+        if arch != "span":
+            raise ValueError(f"architecture {arch!r} is not 'span'")
+        known = {"scale", "feature", "blocks", "tail", "fuse", "tap", "in_channels", "out_channels"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown SPAN fields {sorted(unknown)}")
+        blocks = tuple(SPABSpec(**b) for b in data.pop("blocks"))
+        return cls(blocks=blocks, **data)
+
+    def group_widths(self) -> dict[str, int]:
+        """Readable name -> width of every coupled channel group, in network order."""
+        out = {"feature": self.feature}
+        for i, b in enumerate(self.blocks, start=1):
+            out[f"block{i}.mid1"] = b.mid1
+            out[f"block{i}.mid2"] = b.mid2
+        out["tail"] = self.tail
+        out["fuse"] = self.fuse
+        return out
+
+    def with_widths(self, widths: Mapping[str, int]) -> "SPANSpec":
+        current = self.group_widths()
+        unknown = set(widths) - set(current)
+        if unknown:
+            raise KeyError(f"unknown channel groups {sorted(unknown)}; known: {sorted(current)}")
+        top = {k: int(v) for k, v in widths.items() if k in ("feature", "tail", "fuse")}
+        blocks = [asdict(b) for b in self.blocks]
+        for name, width in widths.items():
+            if name.startswith("block"):
+                head, _, fld = name.partition(".")
+                blocks[int(head[5:]) - 1][fld] = int(width)
+        return replace(self, blocks=tuple(SPABSpec(**b) for b in blocks), **top)
+
+    def describe(self) -> str:
+        mids = {(b.mid1, b.mid2) for b in self.blocks}
+        if mids == {(self.feature, self.feature)} and self.tail == self.fuse == self.feature:
+            return f"SPAN x{self.scale}: {self.feature} channels, {self.num_blocks} blocks (deploy form)"
+        return f"SPAN x{self.scale}: {self.num_blocks} blocks, widths {self.group_widths()}"
+
+
+class RepConv(nn.Module):
+    """A deploy-form Conv3XC: the folded 3x3 conv, kept under ``eval_conv`` as the release names it."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.eval_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.eval_conv(x)
+
+
+class SPAB(nn.Module):
+    """Swift parameter-free attention block (see the module docstring)."""
+
+    def __init__(self, channels: int, spec: SPABSpec) -> None:
+        super().__init__()
+        self.c1_r = RepConv(channels, spec.mid1)
+        self.c2_r = RepConv(spec.mid1, spec.mid2)
+        self.c3_r = RepConv(spec.mid2, channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        o1 = F.silu(self.c1_r(x))
+        o3 = self.c3_r(F.silu(self.c2_r(o1)))
+        att = torch.sigmoid(o3) - 0.5
+        return (o3 + x) * att, o1
+
+
+class SPAN(nn.Module):
+    """Deploy-form SPAN built from a :class:`SPANSpec`; takes and returns images on [0, 1]."""
+
+    def __init__(self, spec: SPANSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(SPAN_MEAN[:spec.in_channels]
+                                                  if spec.in_channels == 3 else [0.0] * spec.in_channels)
+                             .view(1, -1, 1, 1), persistent=False)
+        self.conv_1 = RepConv(spec.in_channels, spec.feature)
+        for i, block in enumerate(spec.blocks):
+            self.add_module(f"block_{i + 1}", SPAB(spec.feature, block))
+        self.conv_cat = nn.Conv2d(2 * spec.feature + spec.tail + spec.blocks[spec.tap - 1].mid1,
+                                  spec.fuse, 1)
+        self.conv_2 = RepConv(spec.feature, spec.tail)
+        self.upsampler = nn.Sequential(
+            nn.Conv2d(spec.fuse, spec.out_channels * spec.scale ** 2, 3, padding=1),
+            nn.PixelShuffle(spec.scale))
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
+    def blocks(self) -> list[SPAB]:
+        return [getattr(self, f"block_{i + 1}") for i in range(self.spec.num_blocks)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature = self.conv_1((x - self.mean) * 255.0)
+        out = feature
+        first = tapped = feature
+        for i, block in enumerate(self.blocks(), start=1):
+            out, o1 = block(out)
+            if i == 1:
+                first = out
+            if i == self.spec.tap:
+                tapped = o1
+        tail = self.conv_2(out)
+        return self.upsampler(self.conv_cat(torch.cat([feature, tail, first, tapped], dim=1)))
+
+
+def spec_from_state_dict(state: Mapping[str, torch.Tensor], *, scale: int | None = None) -> SPANSpec:
+    """Infer every width, the block count and the scale of a deploy-form SPAN from its weights.
+
+    The tap (whose c1_r output joins conv_cat) cannot be read from shapes when all widths are
+    equal; the release's (the last block) is assumed.
+    """
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise ValueError(f"missing key {key!r}: not a SPAN state dict (deploy form)")
+        return tuple(state[key].shape)
+
+    feature, in_channels = shape("conv_1.eval_conv.weight")[:2]
+    n = 0
+    while f"block_{n + 1}.c1_r.eval_conv.weight" in state:
+        n += 1
+    blocks = tuple(SPABSpec(shape(f"block_{i}.c1_r.eval_conv.weight")[0],
+                            shape(f"block_{i}.c2_r.eval_conv.weight")[0]) for i in range(1, n + 1))
+    tail = shape("conv_2.eval_conv.weight")[0]
+    fuse = shape("conv_cat.weight")[0]
+    up_out = shape("upsampler.0.weight")[0]
+    inferred = int(round((up_out / in_channels) ** 0.5))
+    if inferred * inferred * in_channels != up_out:
+        raise ValueError(f"upsampler.0 has {up_out} outputs: not {in_channels}*s^2 for any scale")
+    if scale is not None and scale != inferred:
+        raise ValueError(f"weights are for x{inferred}, not x{scale}")
+    cat_in = shape("conv_cat.weight")[1]
+    tap_width = cat_in - 2 * feature - tail
+    taps = [i for i in range(n, 0, -1) if blocks[i - 1].mid1 == tap_width]
+    if not taps:
+        raise ValueError(f"conv_cat reads {cat_in} channels: no block's c1_r width fits")
+    return SPANSpec(scale=inferred, feature=feature, blocks=blocks, tail=tail, fuse=fuse,
+                    tap=taps[0], in_channels=in_channels, out_channels=in_channels)
+
+
+def normalize_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap 'params'/'params_ema'/'state_dict'/'model' and strip 'module.' prefixes."""
+    return {strip_module_prefix(k): v for k, v in unwrap_wrappers(state).items()}
+
+
+def claims_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
+    return "conv_1.eval_conv.weight" in state and "conv_cat.weight" in state
+
+
+def span_group_name(root: str) -> str | None:
+    """Readable group names from the first producing conv's module path."""
+    path = root[:-len(".eval_conv")] if root.endswith(".eval_conv") else root
+    if path == "conv_1":
+        return "feature"
+    if path == "conv_2":
+        return "tail"
+    if path == "conv_cat":
+        return "fuse"
+    head, _, rest = path.partition(".")
+    if head.startswith("block_") and head[6:].isdigit() and rest in ("c1_r", "c2_r"):
+        return f"block{int(head[6:])}.mid{rest[1]}"
+    return None
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "span_ch28": ModelPreset("span_ch28", lambda s: SPANSpec.uniform(scale=s, feature=28, blocks=6),
+                             "SPAN, 28 channels, 6 blocks, deploy form (NTIRE 2024 winner)",
+                             {4: "span_ch28_x4.pth"}),
+    "span_tiny": ModelPreset("span_tiny", lambda s: SPANSpec(
+        scale=s, feature=8, blocks=(SPABSpec(6, 6), SPABSpec(6, 6), SPABSpec(6, 6))),
+        "tiny SPAN for tests (8 channels, 3 blocks)"),
+}
+
+FAMILY = register_family(Family(
+    name="span", spec_type=SPANSpec, build=lambda spec: SPAN(spec),
+    spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
+    claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: 1.0,
+    mean=lambda spec: SPAN_MEAN, group_name=span_group_name,
+    about="SPAN (deploy form: Conv3XC folded into 3x3 convs)"))
