@@ -156,3 +156,23 @@ def test_hr_losses_on_lr_only_sources_are_refused_by_the_loader(tmp_path: Path) 
                    train=[{"root": str(images), "layout": "folder", "as_lr": True}])
     run_recipe(load_recipe(path), run_dir=tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "00-ft" / "artifact" / "artifact.json").is_file()
+
+
+def test_search_candidates_distil_from_the_parent_without_freezing_it(tmp_path: Path) -> None:
+    """Candidates are fine-tuned against the parent's SR; the parent must stay prunable (its
+    parameters keep requires_grad, which the dependency graph's tracing needs)."""
+    from workbench.search.objective import DefaultEvaluator, FinetuneSettings
+
+    images = make_smooth_images(tmp_path / "train", n=3, size=48, small=6, seed=2)
+    parent = _teacher()
+    evaluator = DefaultEvaluator(parent, scale=2, train_data=str(images), criterion="l1",
+                                 finetune=FinetuneSettings(iterations=2, batch_size=2, patch_size=32,
+                                                           loss="distill"))
+    first = evaluator.build(parent.spec.with_widths({"block1.mid1": 6}))
+    evaluator.finetune(first, seed=0)
+    assert all(p.requires_grad for p in parent.parameters())
+    second = evaluator.build(parent.spec.with_widths({"block2.mid1": 6}))   # used to fail here
+    assert second.spec.blocks[1].mid1 == 6
+    teacher = evaluator.teacher()
+    assert teacher is not parent and all(torch.equal(a, b) for a, b in
+                                         zip(teacher.state_dict().values(), parent.state_dict().values()))

@@ -185,11 +185,14 @@ class DefaultEvaluator:
         self._teacher = None
 
     def teacher(self) -> Any:
-        """The frozen teacher of distill losses: the parent itself (never trained: candidates are
-        pruned copies) or the model ``settings.teacher`` names, loaded once."""
+        """The frozen teacher of distill losses: a copy of the parent (freezing the parent itself
+        would turn off the autograd tracing that pruning the next candidate needs) or the model
+        ``settings.teacher`` names, loaded once."""
         if self._teacher is None:
             if self.settings.teacher in ("parent", "", None):
-                self._teacher = self.parent
+                import copy
+
+                self._teacher = copy.deepcopy(self.parent).eval()
             else:
                 from workbench.artifacts import load_model
 
