@@ -33,6 +33,9 @@ def _recipe(tmp_path: Path) -> Path:
             # distillation from the parent under DDP: every rank runs the teacher on its share
             {"id": "more", "stage": "warm_start", "iterations": 3, "lr": 1e-4, **settings,
              "losses": [{"type": "l1", "weight": 1.0}, {"type": "distill", "weight": 0.5}]},
+            # soft filter pruning trains too: it must run on every process (it used to deadlock)
+            {"id": "sfp", "stage": "sfp", "iterations": 4, "mask_every": 2, "criterion": "l1",
+             "targets": {"trunk.2": 6}, **settings},
         ],
     }
     path = tmp_path / "ddp.yaml"
@@ -51,8 +54,8 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # rank 0 alone reports (one summary line per stage) and writes
-    assert result.stdout.count("[1/2] train (train) done") == 1, result.stdout
-    assert (ddp_dir / "01-more" / "DONE").is_file()
+    assert result.stdout.count("[1/3] train (train) done") == 1, result.stdout
+    assert (ddp_dir / "02-sfp" / "DONE").is_file()
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -60,7 +63,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
         run_recipe(load_recipe(recipe_path), run_dir=tmp_path / "single", progress=False)
     finally:
         torch.set_num_threads(threads)
-    for stage in ("00-train", "01-more"):
+    for stage in ("00-train", "01-more", "02-sfp"):
         a = load_artifact(ddp_dir / stage / "artifact").model.state_dict()
         b = load_artifact(tmp_path / "single" / stage / "artifact").model.state_dict()
         for key in a:

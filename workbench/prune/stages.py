@@ -136,7 +136,7 @@ class SFPConfig(TrainingConfig):
         return out
 
 
-@register_stage("sfp", config=SFPConfig,
+@register_stage("sfp", distributed=True, config=SFPConfig,
                 help="soft filter pruning to target widths while training, then physical removal")
 def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
     import copy

@@ -24,8 +24,9 @@ that stage and every later one first (asked for explicitly, so deleted).
 The run folder is locked for the whole run (``<run>/run.lock``), and every folder the engine
 writes, moves or deletes must stay inside it (a symbolic link out of it is refused).
 
-Under ``torchrun --nproc_per_node N -m workbench run ...`` the training stages run on every
-process (DistributedDataParallel); any other stage runs on rank 0 while the others wait. Only
+Under ``torchrun --nproc_per_node N -m workbench run ...`` the stages registered with
+``distributed=True`` (the training stages and SFP) run on every process
+(DistributedDataParallel); any other stage runs on rank 0 while the others wait. Only
 rank 0 writes files.
 """
 from __future__ import annotations
@@ -49,9 +50,6 @@ from workbench.recipes.registry import StageContext, StageResult, get_stage
 
 log = logging.getLogger("workbench")
 
-#: Stage types that run on every process under torchrun (they call workbench.train.loop.fit).
-#: Other engineers' DDP-aware stages may add themselves here.
-DISTRIBUTED_STAGES: set[str] = {"train", "warm_start", "contrastive", "finetune"}
 
 DONE_FILE = "DONE"
 
@@ -341,7 +339,7 @@ def _run_stage(recipe: Recipe, plan: StagePlan, *, stage_dir: Path, run_dir: Pat
     t0 = time.perf_counter()
     result: StageResult | None = None
     try:
-        if plan.type in DISTRIBUTED_STAGES or not dist_info.enabled:
+        if stage_type.distributed or not dist_info.enabled:
             result = stage_type.fn(plan.config, ctx)
         elif main:
             result = stage_type.fn(plan.config, ctx)

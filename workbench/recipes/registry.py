@@ -76,20 +76,26 @@ class StageType:
     config: type
     fn: Callable[[Any, StageContext], StageResult]
     help: str
+    distributed: bool = False   # runs on every process under torchrun (it trains through fit)
 
 
 STAGES: dict[str, StageType] = {}
 
 
-def register_stage(name: str, *, config: type, help: str) -> Callable:
-    """Register ``fn(cfg, ctx) -> StageResult`` under ``name`` with its config dataclass."""
+def register_stage(name: str, *, config: type, help: str, distributed: bool = False) -> Callable:
+    """Register ``fn(cfg, ctx) -> StageResult`` under ``name`` with its config dataclass.
+
+    ``distributed``: under ``torchrun`` the stage runs on every process (a training stage whose
+    ``fit`` wraps the model in DistributedDataParallel); otherwise it runs on rank 0 while the
+    other processes wait. A training stage left undeclared would deadlock under torchrun.
+    """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"stage {name!r}: config must be a dataclass, got {config!r}")
 
     def decorate(fn: Callable[[Any, StageContext], StageResult]) -> Callable:
         if name in STAGES and STAGES[name].fn is not fn:
             raise ValueError(f"stage {name!r} is registered twice")
-        STAGES[name] = StageType(name=name, config=config, fn=fn, help=help)
+        STAGES[name] = StageType(name=name, config=config, fn=fn, help=help, distributed=distributed)
         return fn
 
     return decorate

@@ -235,25 +235,25 @@ def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
     return StageResult(artifact=path, metrics=metrics, summary=", ".join(p for p in parts if p))
 
 
-@register_stage("train", config=TrainFromScratchConfig,
+@register_stage("train", distributed=True, config=TrainFromScratchConfig,
                 help="train (default from scratch) with L1, Adam and a step lr schedule")
 def train_stage(cfg: TrainFromScratchConfig, ctx: StageContext) -> StageResult:
     return run_training(cfg, ctx, from_scratch=cfg.init == "scratch")
 
 
-@register_stage("warm_start", config=TrainingConfig,
+@register_stage("warm_start", distributed=True, config=TrainingConfig,
                 help="continue from the previous stage's weights with a fresh optimiser and schedule")
 def warm_start_stage(cfg: TrainingConfig, ctx: StageContext) -> StageResult:
     return run_training(cfg, ctx, from_scratch=False)
 
 
-@register_stage("contrastive", config=ContrastiveConfig,
+@register_stage("contrastive", distributed=True, config=ContrastiveConfig,
                 help="warm start with L1 + 255 x contrastive loss (frozen random Conv-Tanh-Conv features)")
 def contrastive_stage(cfg: ContrastiveConfig, ctx: StageContext) -> StageResult:
     return run_training(cfg, ctx, from_scratch=False)
 
 
-@register_stage("finetune", config=FinetuneConfig,
+@register_stage("finetune", distributed=True, config=FinetuneConfig,
                 help="fine-tune the previous stage with L2 loss, lr 1e-5 and large (640) patches")
 def finetune_stage(cfg: FinetuneConfig, ctx: StageContext) -> StageResult:
     return run_training(cfg, ctx, from_scratch=False)
