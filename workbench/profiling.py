@@ -370,7 +370,7 @@ def interleaved_times(runners: dict[str, Callable[[], Any]], *, device: str | to
     A slow spell of a shared machine then hits every runner alike, so the per-round ratios
     (:func:`round_ratios`) hold even when absolute times drift. Returns name -> times in ms.
     """
-    from tqdm import tqdm
+    from workbench.progress import tqdm
 
     if rounds < 1 or warmup < 0:
         raise WorkbenchError(f"rounds must be >= 1 and warmup >= 0 (got {rounds}, {warmup})")

@@ -279,7 +279,7 @@ class SignatureCache:
 
     def many(self, paths: Iterable[str | os.PathLike], *, desc: str = "image signatures",
              progress: bool = True) -> list[ImageSignature]:
-        from tqdm import tqdm
+        from workbench.progress import tqdm
 
         paths = list(paths)
         return [self.get(p) for p in tqdm(paths, desc=desc, unit="img", leave=False,
