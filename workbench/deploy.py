@@ -213,6 +213,26 @@ def _pixel_shuffle_nhwc(x: torch.Tensor, s: int) -> torch.Tensor:
     return nhwc.permute(0, 3, 1, 4, 2, 5).reshape(n, c // (s * s), h * s, w * s)
 
 
+def _frozen_compile(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` (inductor, static shapes) with *freezing* on for every compilation.
+
+    Freezing turns weights into constants, so oneDNN pre-packs the convs and fuses bias and
+    activations into them. It must be set in inductor's config while a shape compiles: passed as
+    ``torch.compile(options={"freezing": True})`` it is ignored (measured on torch 2.13: the convs
+    stayed ``aten.convolution`` with unpacked weights), and compilation is lazy (first call per
+    shape), so the patch wraps every call.
+    """
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module, backend="inductor", dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run
+
+
 def _is_rlfn(model: nn.Module) -> bool:
     return all(hasattr(model, a) for a in ("conv_1", "conv_2", "upsampler", "blocks"))
 
@@ -301,10 +321,7 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
         # limit of 8 dynamo silently falls back to eager.
         dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), 64)
         m = m.to(memory_format=CL)
-        # freezing turns weights into constants: oneDNN pre-packs convs, biases/activations fuse.
-        compiled = torch.compile(m, backend="inductor", dynamic=False,
-                                 options={"freezing": True})
-        return done(compiled, m, cl=True)
+        return done(_frozen_compile(m), m, cl=True)
     if mode == "bf16":
         if not _is_rlfn(model):
             raise WorkbenchError("deploy mode 'bf16' splits an RLFN (stem/blocks/upsampler); "
