@@ -21,6 +21,12 @@ Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 a
                    skip and the upsampler in fp32. Measured: up to 6 gray levels from fp32 eager
                    on Set5 x4 (0.001 dB Y-PSNR), so NOT within the one-level budget.
 ``bf16_autocast``  ``torch.autocast`` to bfloat16 everywhere: up to 7 gray levels (not within).
+``int8``           CPU: torchao PT2E int8 (uint8 activations, per-channel int8 weights, stem and
+                   upsampler convs fp32; :mod:`workbench.quantize`) under torch.compile with
+                   freezing. A model that carries a quantization state (an artifact of the
+                   ``quantize`` stage) uses it; any other is calibrated post-training on
+                   ``calibration`` (default: crops of the shipped T91 samples). Judged by PSNR,
+                   not by the one-level budget.
 ``fp16``           GPU only: weights and activations in float16, channels_last.
 ``cuda_graph``     GPU only: channels_last fp32 (or ``dtype="fp16"``) captured once per input
                    shape as a CUDA graph and replayed, removing the launch overhead of the ~40
@@ -47,7 +53,7 @@ from workbench.errors import WorkbenchError
 __all__ = ["MODES", "CPU_MODES", "GPU_MODES", "Deployed", "prepare", "max_gray_diff",
            "check_deploy", "available_modes", "RECOMMENDED"]
 
-CPU_MODES = ("eager", "channels_last", "fused", "compile", "bf16", "bf16_autocast")
+CPU_MODES = ("eager", "channels_last", "fused", "compile", "bf16", "bf16_autocast", "int8")
 GPU_MODES = ("eager", "channels_last", "compile", "bf16", "bf16_autocast", "fp16", "cuda_graph")
 #: The fastest fp32 mode within one gray level, per device type (see bench/bench_deploy.py).
 RECOMMENDED = {"cpu": "fused", "cuda": "cuda_graph"}
@@ -270,13 +276,14 @@ class _CudaGraphRunner:
 
 def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str = "eager",
             example_shape: Sequence[int] | None = (1, 3, 256, 256), dtype: str | None = None,
-            warmup: bool = True) -> Deployed:
+            warmup: bool = True, calibration: Sequence[torch.Tensor] | None = None) -> Deployed:
     """Prepare a copy of ``model`` for inference on ``device`` in ``mode`` (see module docstring).
 
     ``example_shape`` is used to warm up, compile or capture up front and as the size hint for
     the ``fused`` weight layout (any input size still works; ``compile`` compiles once per new
-    shape). ``dtype`` only applies to ``cuda_graph`` (``"fp16"`` captures the fp16 model). The
-    caller's model is not modified.
+    shape). ``dtype`` only applies to ``cuda_graph`` (``"fp16"`` captures the fp16 model);
+    ``calibration`` (1x3xHxW LR float tensors, 0..255) only to ``int8``. The caller's model is
+    not modified.
     """
     from workbench.evaluate import resolve_device
 
@@ -337,6 +344,13 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
                 return m(x)
 
         return done(run_autocast, m, cl=True)
+    if mode == "int8":
+        from workbench.quantize import GraphRunner, compile_int8, int8_from_model
+
+        converted, info = int8_from_model(m, calibration)
+        runner = GraphRunner(compile_int8(converted), converted)
+        runner.quantization = info
+        return done(runner, runner, cl=True)
     if mode == "fp16":
         m = m.half().to(memory_format=CL)
         return done(m, m, dt=torch.float16, cl=True)
