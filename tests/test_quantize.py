@@ -125,7 +125,7 @@ def test_qat_stage_artifact_reloads_weights_only(tmp_path: Path, request) -> Non
     art_dir = run / "00-int8" / "artifact"
     meta = json.loads((art_dir / "artifact.json").read_text())
     q = meta["config"]["quantization"]
-    assert q["qat"] is True and q["per_channel"] is True and q["skip"] == ["conv_1", "upsampler.0"]
+    assert q["qat"] is True and q["per_channel"] is True and "block_*.c5" in q["skip"]
     assert meta["metrics"]["iterations"] == 4 and "val_psnr_y_int8" in meta["metrics"]
     # both files hold tensors only
     torch.load(art_dir / "model.pt", weights_only=True)

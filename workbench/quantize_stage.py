@@ -51,8 +51,9 @@ class QuantizeConfig:
         "help": "PTQ: training crops to calibrate on (one per image)", "min": 1})
     calibration_lr_size: int = field(default=48, metadata={
         "help": "PTQ: LR side of the calibration crops (>= 24)", "min": 24})
-    skip: list[str] = field(default_factory=lambda: ["conv_1", "upsampler.0"], metadata={
-        "help": "module names kept fp32"})
+    skip: list[str] | None = field(default=None, metadata={
+        "help": "module names / fnmatch patterns kept fp32 (default: QuantConfig's: conv_1, "
+                "conv_2, upsampler.0, block_*.c5)"})
     per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
     val: bool = field(default=True, metadata={"help": "PSNR of int8 and parent on data.val at the end"})
     log_every: int = field(default=50, metadata={"help": "log interval in iterations", "min": 1})
@@ -113,7 +114,9 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     from torchao.quantization.pt2e import quantize_pt2e
 
     gm = export_model(parent_model, example, dynamic=False)
-    student = quantize_pt2e.prepare_qat_pt2e(gm, make_quantizer(qcfg))
+    from workbench.quantize import skipped_modules
+
+    student = quantize_pt2e.prepare_qat_pt2e(gm, make_quantizer(qcfg, skipped_modules(parent_model, qcfg)))
     move_exported_model_to_train(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -162,7 +165,8 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     model = parent.model.eval().cpu()
     seed = stage_seed(ctx)
     hr_files, lr_files = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
-    qcfg = QuantConfig(per_channel=cfg.per_channel, skip=tuple(cfg.skip), qat=cfg.method == "qat")
+    qcfg = QuantConfig(per_channel=cfg.per_channel, qat=cfg.method == "qat",
+                       **({"skip": tuple(cfg.skip)} if cfg.skip is not None else {}))
     metrics: dict[str, Any] = {"method": cfg.method, "train_images": len(hr_files)}
     if cfg.method == "qat":
         patch = cfg.patch_size
@@ -208,20 +212,27 @@ def _size(path) -> tuple[int, int]:
 
 
 def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str, Any]:
-    """PSNR-Y of the converted int8 graph (q/dq arithmetic, eager) and of the fp32 parent."""
+    """PSNR-Y of the converted int8 graph (q/dq arithmetic, eager) and of the fp32 parent on
+    every validation set; the first set's figures also as ``val_*``."""
     from workbench.data.benchmark import load_set
     from workbench.evaluate import evaluate_set
     from workbench.quantize import GraphRunner, convert, restore_prepared
 
     val = ctx.recipe.data.val
-    name = val.sets[0] if val.sets else "Set5"
-    pset = load_set(name, ctx.scale, data_root=val.root)
     int8 = GraphRunner(convert(restore_prepared(weights, qcfg, state)))
-    q = evaluate_set(int8, pset, device="cpu", progress=False)
-    p = evaluate_set(parent_model, pset, device="cpu", progress=False)
-    return {"val_set": q.name, "val_psnr_y_int8": float(q.mean["psnr_y"]),
-            "val_psnr_y_parent": float(p.mean["psnr_y"]),
-            "val_psnr_y_delta": float(q.mean["psnr_y"] - p.mean["psnr_y"])}
+    out: dict[str, Any] = {}
+    for i, name in enumerate(val.sets or ["Set5"]):
+        pset = load_set(name, ctx.scale, data_root=val.root)
+        q = evaluate_set(int8, pset, device="cpu", progress=False)
+        p = evaluate_set(parent_model, pset, device="cpu", progress=False)
+        fig = {"psnr_y_int8": float(q.mean["psnr_y"]), "psnr_y_parent": float(p.mean["psnr_y"]),
+               "psnr_y_delta": float(q.mean["psnr_y"] - p.mean["psnr_y"])}
+        out[q.name] = fig
+        if i == 0:
+            out.update({"val_set": q.name, **{f"val_{k}": v for k, v in fig.items()}})
+        log.info("%s PSNR-Y int8 %.4f, fp32 parent %.4f (%+.4f dB)", q.name, fig["psnr_y_int8"],
+                 fig["psnr_y_parent"], fig["psnr_y_delta"])
+    return out
 
 
 __all__ = ["QuantizeConfig", "quantize_stage", "run_qat"]
