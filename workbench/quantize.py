@@ -242,7 +242,7 @@ def int8_from_model(model: nn.Module, calibration: Sequence[torch.Tensor] | None
     cfg = cfg or QuantConfig()
     if calibration is None:
         scale = int(getattr(model, "scale", 4))
-        calibration = calibration_crops(None, scale=scale, count=16, lr_size=MIN_EXPORT_SIDE)
+        calibration = calibration_crops(None, scale=scale, count=16, lr_size=48)
     converted, _ = quantize_ptq(model, list(calibration), cfg)
     return converted, {"source": "ptq", "calibration_images": len(calibration), **cfg.to_dict()}
 

@@ -38,9 +38,10 @@ class QuantizeConfig:
                 "calibration only", "choices": ["qat", "ptq"]})
     iterations: int = field(default=400, metadata={"help": "QAT optimiser steps", "min": 0})
     batch_size: int = field(default=16, metadata={"help": "patches per step", "min": 1})
-    patch_size: int = field(default=76, metadata={
-        "help": "HR patch side (a multiple of the scale; 76 fits every T91 image at x4)", "min": 4})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate", "gt": 0, "lt": 1})
+    patch_size: int = field(default=160, metadata={
+        "help": "HR patch side (a multiple of the scale); images smaller than it are left out. "
+                "Large enough that ESA's pooled map is more than a pixel (40 LR at x4)", "min": 4})
+    lr: float = field(default=5e-5, metadata={"help": "Adam learning rate", "gt": 0, "lt": 1})
     distill_weight: float = field(default=1.0, metadata={
         "help": "weight of L1(student SR, fp32 parent SR)", "min": 0})
     hr_weight: float = field(default=0.0, metadata={"help": "weight of L1(student SR, HR)", "min": 0})
@@ -171,6 +172,12 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     if cfg.method == "qat":
         patch = cfg.patch_size
         usable = [i for i, f in enumerate(hr_files) if min(_size(f)) >= patch]
+        if not usable:
+            from workbench.errors import WorkbenchError
+
+            raise WorkbenchError(f"quantize: no training image holds a {patch}x{patch} patch "
+                                 f"({len(hr_files)} images); lower patch_size")
+        metrics["train_images_used"] = len(usable)
         ds = PatchDataset([hr_files[i] for i in usable], scale=ctx.scale, patch_size=patch,
                           lr_files=[lr_files[i] for i in usable] if lr_files else None,
                           augment=True, seed=seed)
