@@ -232,12 +232,15 @@ def is_artifact_folder(path: str | os.PathLike) -> bool:
 
 def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str, Any] | None = None,
                   lineage: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                  single_file: bool = False, force: bool = False) -> Path:
+                  single_file: bool = False, force: bool = False,
+                  extra_files: Mapping[str, bytes] | None = None) -> Path:
     """Write ``model`` (its spec and weights) and what is known about it, atomically.
 
     ``single_file`` writes one ``.pt`` holding metadata and weights instead of a folder. An
     existing artifact folder at ``path`` is replaced; anything else there (a folder of other
-    files, a file) is refused with a WorkbenchError unless ``force``.
+    files, a file) is refused with a WorkbenchError unless ``force``. ``extra_files`` (name ->
+    bytes, folder artifacts only) are written into the folder in the same atomic step, e.g. the
+    int8 quantization state ``quant.pt``.
     """
     path = Path(path)
     if not single_file and (path.exists() or path.is_symlink()) and not force and not is_artifact_folder(path):
@@ -248,6 +251,8 @@ def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str,
     weights = torch_bytes(state)
     meta = _meta(model, sha256_bytes(weights), metrics, lineage, config)
     if single_file:
+        if extra_files:
+            raise WorkbenchError("extra files need a folder artifact, not single_file")
         atomic_torch_save({"format": FORMAT, "meta_json": json.dumps(meta, default=str),
                            "state_dict": state}, path)
         return path
@@ -256,8 +261,10 @@ def save_artifact(path: str | os.PathLike, model: RLFN, *, metrics: Mapping[str,
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, dir_mode())
-        for name, data in ((WEIGHTS_FILE, weights),
-                           (META_FILE, (json.dumps(meta, indent=2, default=str) + "\n").encode())):
+        files = [(WEIGHTS_FILE, weights),
+                 (META_FILE, (json.dumps(meta, indent=2, default=str) + "\n").encode()),
+                 *dict(extra_files or {}).items()]
+        for name, data in files:
             fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -461,6 +468,24 @@ def _from_meta(path: Path, meta: Any, state: Any, sha: str | None) -> Artifact:
                     weights_sha256=sha or meta.get("weights_sha256"))
 
 
+def _attach_quantization(path: Path, meta: Mapping[str, Any], art: Artifact) -> None:
+    """An int8 artifact (``config.quantization`` and ``quant.pt``): load the quantization state
+    (weights_only, hash-checked) and attach it to the model as ``model.quantization`` for
+    :func:`workbench.deploy.prepare` (mode ``int8``); the fp32 weights load as usual."""
+    qmeta = (meta.get("config") or {}).get("quantization")
+    if not qmeta:
+        return
+    from workbench.quantize import QUANT_FILE, load_quant_state
+
+    qpath = path / qmeta.get("file", QUANT_FILE)
+    if not qpath.is_file():
+        raise ArtifactError(path, f"int8 artifact without its quantization state {qpath.name}")
+    if qmeta.get("sha256") and sha256_file(qpath) != qmeta["sha256"]:
+        raise ArtifactError(qpath, f"does not match the hash recorded in {META_FILE}")
+    cfg, state = load_quant_state(qpath)
+    art.model.quantization = {"config": cfg, "state": state}
+
+
 def load_artifact(path: str | os.PathLike) -> Artifact:
     """Load an artifact folder, a single-file artifact or a released ``.pth`` state dict.
 
@@ -494,7 +519,9 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         if expected != sha:
             raise ArtifactError(weights_path, "weights do not match the hash recorded in "
                                               f"{META_FILE} (file changed or corrupt)")
-        return _from_meta(path, meta, state, sha)
+        art = _from_meta(path, meta, state, sha)
+        _attach_quantization(path, meta, art)
+        return art
     if path.stat().st_size == 0:
         raise ArtifactError(path, "empty file")
     data = path.read_bytes()

@@ -21,6 +21,12 @@ Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 a
                    skip and the upsampler in fp32. Measured: up to 6 gray levels from fp32 eager
                    on Set5 x4 (0.001 dB Y-PSNR), so NOT within the one-level budget.
 ``bf16_autocast``  ``torch.autocast`` to bfloat16 everywhere: up to 7 gray levels (not within).
+``int8``           CPU: torchao PT2E int8 (uint8 activations, per-channel int8 weights, stem and
+                   upsampler convs fp32; :mod:`workbench.quantize`) under torch.compile with
+                   freezing. A model that carries a quantization state (an artifact of the
+                   ``quantize`` stage) uses it; any other is calibrated post-training on
+                   ``calibration`` (default: crops of the shipped T91 samples). Judged by PSNR,
+                   not by the one-level budget.
 ``fp16``           GPU only: weights and activations in float16, channels_last.
 ``cuda_graph``     GPU only: channels_last fp32 (or ``dtype="fp16"``) captured once per input
                    shape as a CUDA graph and replayed, removing the launch overhead of the ~40
@@ -51,7 +57,7 @@ __all__ = ["MODES", "CPU_MODES", "GPU_MODES", "Deployed", "prepare", "max_gray_d
            "check_deploy", "available_modes", "RECOMMENDED", "default_mode",
            "reduced_precision_mode", "judge_precision", "PRECISION_DROP_DB", "fresh_compile"]
 
-CPU_MODES = ("eager", "channels_last", "fused", "compile", "bf16", "bf16_autocast")
+CPU_MODES = ("eager", "channels_last", "fused", "compile", "bf16", "bf16_autocast", "int8")
 GPU_MODES = ("eager", "channels_last", "compile", "bf16", "bf16_autocast", "fp16", "cuda_graph")
 #: The fastest fp32 mode within one gray level, per device type (see bench/bench_deploy.py).
 RECOMMENDED = {"cpu": "fused", "cuda": "cuda_graph"}
@@ -269,6 +275,26 @@ def _pixel_shuffle_nhwc(x: torch.Tensor, s: int) -> torch.Tensor:
     return nhwc.permute(0, 3, 1, 4, 2, 5).reshape(n, c // (s * s), h * s, w * s)
 
 
+def _frozen_compile(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` (inductor, static shapes) with *freezing* on for every compilation.
+
+    Freezing turns weights into constants, so oneDNN pre-packs the convs and fuses bias and
+    activations into them. It must be set in inductor's config while a shape compiles: passed as
+    ``torch.compile(options={"freezing": True})`` it is ignored (measured on torch 2.13: the convs
+    stayed ``aten.convolution`` with unpacked weights), and compilation is lazy (first call per
+    shape), so the patch wraps every call.
+    """
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module, backend="inductor", dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run
+
+
 def _is_rlfn(model: nn.Module) -> bool:
     from workbench.models.rlfn import RLFN
 
@@ -308,13 +334,14 @@ class _CudaGraphRunner:
 
 def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str = "eager",
             example_shape: Sequence[int] | None = (1, 3, 256, 256), dtype: str | None = None,
-            warmup: bool = True) -> Deployed:
+            warmup: bool = True, calibration: Sequence[torch.Tensor] | None = None) -> Deployed:
     """Prepare a copy of ``model`` for inference on ``device`` in ``mode`` (see module docstring).
 
     ``example_shape`` is used to warm up, compile or capture up front and as the size hint for
     the ``fused`` weight layout (any input size still works; ``compile`` compiles once per new
-    shape). ``dtype`` only applies to ``cuda_graph`` (``"fp16"`` captures the fp16 model). The
-    caller's model is not modified.
+    shape). ``dtype`` only applies to ``cuda_graph`` (``"fp16"`` captures the fp16 model);
+    ``calibration`` (1x3xHxW LR float tensors, 0..255) only to ``int8``. The caller's model is
+    not modified.
     """
     from workbench.evaluate import resolve_device
 
@@ -361,10 +388,7 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
         # limit of 8 dynamo silently falls back to eager.
         dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), 64)
         m = m.to(memory_format=CL)
-        # freezing turns weights into constants: oneDNN pre-packs convs, biases/activations fuse.
-        compiled = torch.compile(m, backend="inductor", dynamic=False,
-                                 options={"freezing": True})
-        return done(compiled, m, cl=True)
+        return done(_frozen_compile(m), m, cl=True)
     if mode == "bf16":
         if not _is_rlfn(model):
             raise WorkbenchError("deploy mode 'bf16' splits an RLFN (stem/blocks/upsampler); "
@@ -380,6 +404,13 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
                 return m(x)
 
         return done(run_autocast, m, cl=True)
+    if mode == "int8":
+        from workbench.quantize import GraphRunner, compile_int8, int8_from_model
+
+        converted, info = int8_from_model(m, calibration)
+        runner = GraphRunner(compile_int8(converted), converted)
+        runner.quantization = info
+        return done(runner, runner, cl=True)
     if mode == "fp16":
         m = m.half().to(memory_format=CL)
         return done(m, m, dt=torch.float16, cl=True)

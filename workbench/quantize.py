@@ -1,0 +1,364 @@
+"""int8 quantization of SR models with torchao's PT2E flow, post-training and quantization-aware.
+
+The flow (torchao 0.18; torch 2.13 itself has no ``torch.ao.quantization.quantizer``)::
+
+    fp32 model --torch.export (dynamic H/W, LR side >= 24)--> graph
+        --prepare_pt2e / prepare_qat_pt2e (X86InductorQuantizer)--> graph with observers
+        --calibration (PTQ) or fake-quant fine-tuning (QAT)--> observers hold the ranges
+        --convert_pt2e--> graph of quantize/dequantize + fp32 ops
+        --torch.compile(inductor, freezing)--> int8 oneDNN convolutions (VNNI/AMX on x86)
+
+Activations are uint8 per tensor (affine, histogram observer); weights int8 per output channel
+(symmetric). Layers named in :attr:`QuantConfig.skip` stay fp32: by default the stem conv (three
+input channels, few MACs), the last trunk conv (into the long skip), the upsampler conv, whose
+output *is* the image, and each block's 1x1 ``c5`` (it feeds ESA and the mask multiply). PTQ
+measured on rlfn_s_x4 / Set5 with 16 calibration crops of 48x48 LR (fp32 32.240 dB):
+everything int8 31.923; upsampler fp32 31.988; + stem 32.049; + conv_2 32.103; + every c5
+32.147 (+ every ESA conv4 instead of c5: 32.107).
+
+Everything a quantized model needs beyond its fp32 weights is the observers' state (ranges or
+fake-quant scale/zero-point): tensors only. :func:`quant_state` takes it from a prepared graph
+and :func:`restore_prepared` rebuilds that graph from the fp32 model plus the state, so an
+artifact stores it as a second ``weights_only`` file (``quant.pt``) next to ``model.pt``, and
+``artifact.json`` records the :class:`QuantConfig` under ``quantization``. A rebuild checks that
+the graph has the same observers under the same names, so a state from another architecture or
+another torchao cannot load silently.
+
+Why the LR side >= 24: torch.export with a dynamic height/width must prove ESA's strided conv and
+7x7 max-pool produce at least one pixel, which it only can above that bound (FINDINGS.md).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger("workbench.quantize")
+
+__all__ = ["QuantConfig", "MIN_EXPORT_SIDE", "QUANT_FILE", "export_model", "prepare_model",
+           "calibrate", "convert", "quantize_ptq", "quant_state", "restore_prepared",
+           "calibration_crops", "compile_int8", "load_quant_state", "save_int8_artifact",
+           "int8_from_model", "GraphRunner"]
+
+#: The smallest LR side a dynamically exported RLFN accepts (ESA's max-pool guard).
+MIN_EXPORT_SIDE = 24
+QUANT_FILE = "quant.pt"
+QUANT_FORMAT = "workbench-quant-state"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How a model is quantized (recorded in the artifact; needed to rebuild it)."""
+
+    scheme: str = field(default="x86_inductor_pt2e", metadata={
+        "help": "quantizer: torchao PT2E X86InductorQuantizer (uint8 activations, int8 weights)",
+        "choices": ["x86_inductor_pt2e"]})
+    per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
+    skip: tuple[str, ...] = field(default=("conv_1", "conv_2", "upsampler.0", "block_*.c5"), metadata={
+        "help": "module names (fnmatch patterns) kept in fp32 (default: stem, last trunk conv, "
+                "upsampler conv and each block's 1x1 c5 that feeds ESA's mask)"})
+    qat: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skip"] = list(self.skip)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "QuantConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise WorkbenchError(f"quantization config: unknown fields {sorted(unknown)}")
+        d = dict(data)
+        if "skip" in d:
+            d["skip"] = tuple(d["skip"])
+        return cls(**d)
+
+
+def _torchao():
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise WorkbenchError(f"int8 needs torchao (pip install torchao): {exc}") from None
+    return quantize_pt2e, xiq
+
+
+def skipped_modules(model: nn.Module, cfg: QuantConfig) -> list[str]:
+    """The module names of ``model`` that ``cfg.skip`` (fnmatch patterns) keeps in fp32."""
+    from fnmatch import fnmatchcase
+
+    names = [n for n, _ in model.named_modules() if n]
+    return [n for n in names if any(fnmatchcase(n, pat) for pat in cfg.skip)]
+
+
+def make_quantizer(cfg: QuantConfig, skip: Sequence[str] | None = None):
+    """The X86InductorQuantizer for ``cfg`` (global config, fp32 for the ``skip`` modules: the
+    expanded :attr:`QuantConfig.skip`, see :func:`skipped_modules`)."""
+    _, xiq = _torchao()
+    quantizer = xiq.X86InductorQuantizer()
+    qconfig = xiq.get_default_x86_inductor_quantization_config(is_qat=cfg.qat)
+    if not cfg.per_channel:
+        from dataclasses import replace
+
+        from torchao.quantization.pt2e.observer import MinMaxObserver
+        from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+        weight = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127,
+                                  qscheme=torch.per_tensor_symmetric, is_dynamic=False,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
+        qconfig = replace(qconfig, weight=weight)
+    quantizer.set_global(qconfig)
+    for name in (cfg.skip if skip is None else skip):
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+def export_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool = True) -> torch.fx.GraphModule:
+    """torch.export of ``model`` on ``example`` (H/W dynamic from MIN_EXPORT_SIDE up), as a module."""
+    from torch.export import Dim, export
+
+    if dynamic and min(example.shape[2:]) < MIN_EXPORT_SIDE:
+        raise WorkbenchError(f"int8 export needs an example of at least {MIN_EXPORT_SIDE}x"
+                             f"{MIN_EXPORT_SIDE} (LR), got {tuple(example.shape[2:])}")
+    shapes = None
+    if dynamic:
+        shapes = {"x": {2: Dim("h", min=MIN_EXPORT_SIDE), 3: Dim("w", min=MIN_EXPORT_SIDE)}}
+    m = copy.deepcopy(model).eval().cpu()
+    return export(m, (example.cpu(),), dynamic_shapes=shapes, strict=False).module()
+
+
+def prepare_model(model: nn.Module, cfg: QuantConfig, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Export ``model`` and insert observers (PTQ) or fake-quantizers (QAT) as ``cfg`` says."""
+    quantize_pt2e, _ = _torchao()
+    gm = export_model(model, example)
+    quantizer = make_quantizer(cfg, skipped_modules(model, cfg))
+    if cfg.qat:
+        return quantize_pt2e.prepare_qat_pt2e(gm, quantizer)
+    return quantize_pt2e.prepare_pt2e(gm, quantizer)
+
+
+def calibrate(prepared: torch.fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
+    """Run calibration inputs (float32 NCHW, 0..255) through the observers; returns the count."""
+    n = 0
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+            n += 1
+    if n == 0:
+        raise WorkbenchError("int8 calibration got no images")
+    return n
+
+
+def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Observers -> quantize/dequantize pairs (the model stays fp32 arithmetic until compiled)."""
+    quantize_pt2e, _ = _torchao()
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    prepared = move_exported_model_to_eval(prepared)
+    return quantize_pt2e.convert_pt2e(prepared)
+
+
+def compile_int8(converted: torch.fx.GraphModule):
+    """The converted graph under torch.compile with inductor freezing: int8 oneDNN convolutions.
+
+    Without freezing the quantize/dequantize pairs stay separate ops and int8 is no faster than
+    fp32 (FINDINGS.md); freezing lets inductor fold weights into packed int8 convs.
+    """
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), 64)
+    compiled = torch.compile(converted, backend="inductor", dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run
+
+
+def quantize_ptq(model: nn.Module, calibration: Sequence[torch.Tensor], cfg: QuantConfig | None = None,
+                 ) -> tuple[torch.fx.GraphModule, dict[str, torch.Tensor]]:
+    """Post-training quantization: prepare, calibrate on ``calibration``, convert.
+
+    Returns the converted graph and the observer state (to store with an artifact).
+    """
+    cfg = cfg or QuantConfig()
+    if cfg.qat:
+        raise WorkbenchError("quantize_ptq takes a PTQ config (qat false)")
+    example = _example_for(calibration)
+    prepared = prepare_model(model, cfg, example)
+    calibrate(prepared, calibration)
+    state = quant_state(prepared)
+    return convert(prepared), state
+
+
+def _example_for(calibration: Sequence[torch.Tensor]) -> torch.Tensor:
+    if not calibration:
+        raise WorkbenchError("int8 calibration got no images")
+    x = calibration[0]
+    if min(x.shape[2:]) < MIN_EXPORT_SIDE:
+        raise WorkbenchError(f"int8 calibration crops must be at least {MIN_EXPORT_SIDE} LR pixels "
+                             f"on a side, got {tuple(x.shape[2:])}")
+    return x[:1]
+
+
+class GraphRunner(nn.Module):
+    """Holds a converted/compiled graph behind a plain module (exported graphs refuse eval())."""
+
+    def __init__(self, fn: Any, graph: nn.Module | None = None) -> None:
+        super().__init__()
+        self._fn = [fn]          # a list: not registered as a submodule
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn[0](x)
+
+    def train(self, mode: bool = True) -> "GraphRunner":
+        self.training = False
+        return self
+
+
+def int8_from_model(model: nn.Module, calibration: Sequence[torch.Tensor] | None = None,
+                    cfg: QuantConfig | None = None) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    """The converted int8 graph of ``model``: from its stored quantization state when it carries
+    one (an artifact of the ``quantize`` stage), else by PTQ on ``calibration`` (default: crops
+    of the shipped T91 samples). Returns the graph and a description for reports."""
+    stored = getattr(model, "quantization", None)
+    if stored is not None and calibration is None:
+        qcfg, state = stored["config"], stored["state"]
+        prepared = restore_prepared(model, qcfg, state)
+        return convert(prepared), {"source": "stored", **qcfg.to_dict()}
+    cfg = cfg or QuantConfig()
+    if calibration is None:
+        scale = int(getattr(model, "scale", 4))
+        calibration = calibration_crops(None, scale=scale, count=16, lr_size=48)
+    converted, _ = quantize_ptq(model, list(calibration), cfg)
+    return converted, {"source": "ptq", "calibration_images": len(calibration), **cfg.to_dict()}
+
+
+# -- observer state: what an artifact stores ---------------------------------------------------
+
+def _observer_names(gm: nn.Module) -> list[str]:
+    return [name for name, _ in gm.named_modules() if name.startswith("activation_post_process_")]
+
+
+def quant_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
+    """The observer / fake-quant buffers of a prepared graph (tensors only, no fp32 weights)."""
+    names = tuple(f"{n}." for n in _observer_names(prepared))
+    return {k: v.detach().cpu().clone() for k, v in prepared.state_dict().items()
+            if k.startswith(names)}
+
+
+def restore_prepared(model: nn.Module, cfg: QuantConfig, state: Mapping[str, torch.Tensor],
+                     example_side: int = 32) -> torch.fx.GraphModule:
+    """Rebuild the prepared graph of ``model`` and load the stored observer ``state`` into it.
+
+    Raises WorkbenchError when the graph's observers differ from the stored ones (another
+    architecture, quantizer or torchao version).
+    """
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(1, int(getattr(model, "spec").in_channels) if hasattr(model, "spec") else 3,
+                         example_side, example_side, generator=gen) * 255
+    prepared = prepare_model(model, cfg, example)
+    current = prepared.state_dict()
+    expected = {k for k in current if k.startswith(tuple(f"{n}." for n in _observer_names(prepared)))}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+        raise WorkbenchError(f"stored quantization state does not fit this model's graph "
+                             f"(missing {missing}, unexpected {extra})")
+    for k, v in state.items():
+        if current[k].shape != v.shape:
+            # observers start with empty ranges of another shape (per-channel min/max)
+            _resize_buffer(prepared, k, v)
+    prepared.load_state_dict({**current, **state}, strict=True)
+    return prepared
+
+
+def _resize_buffer(gm: nn.Module, key: str, value: torch.Tensor) -> None:
+    mod_name, _, buf = key.rpartition(".")
+    mod = gm.get_submodule(mod_name)
+    setattr(mod, buf, torch.empty_like(value)) if buf not in mod._buffers else \
+        mod._buffers.__setitem__(buf, torch.empty_like(value))
+
+
+def quant_state_bytes(state: Mapping[str, torch.Tensor], cfg: QuantConfig) -> bytes:
+    """``quant.pt`` as bytes (tensors and plain values only: loads with weights_only=True)."""
+    from workbench.artifacts import torch_bytes
+
+    return torch_bytes({"format": QUANT_FORMAT, "config": cfg.to_dict(),
+                        "state": {k: v.contiguous() for k, v in state.items()}})
+
+
+def save_int8_artifact(path: str | Path, model: nn.Module, state: Mapping[str, torch.Tensor],
+                       cfg: QuantConfig, *, metrics: Mapping[str, Any] | None = None,
+                       lineage: Mapping[str, Any] | None = None,
+                       config: Mapping[str, Any] | None = None) -> Path:
+    """An artifact folder holding the fp32 weights (``model.pt``), the quantization state
+    (``quant.pt``) and, in ``artifact.json`` ``config.quantization``, the QuantConfig and the
+    state file's hash; written in one atomic step. Reloads with :func:`load_artifact` (the model
+    then carries ``.quantization``) and runs in deploy mode ``int8``."""
+    from workbench.artifacts import save_artifact, sha256_bytes
+
+    data = quant_state_bytes(state, cfg)
+    qmeta = {"file": QUANT_FILE, "sha256": sha256_bytes(data), "observers": len(state),
+             **cfg.to_dict()}
+    return save_artifact(path, model, metrics=metrics, lineage=lineage,
+                         config={**dict(config or {}), "quantization": qmeta},
+                         extra_files={QUANT_FILE: data})
+
+
+def load_quant_state(path: str | Path) -> tuple[QuantConfig, dict[str, torch.Tensor]]:
+    """Read ``quant.pt`` with ``weights_only=True``; one-line errors for anything wrong."""
+    from workbench.artifacts import _torch_load
+    from workbench.errors import ArtifactError
+
+    path = Path(path)
+    obj = _torch_load(path)
+    try:
+        cfg = QuantConfig.from_dict(obj.get("config", {})) if isinstance(obj, Mapping) else None
+    except (TypeError, WorkbenchError) as exc:
+        raise ArtifactError(path, f"bad quantization config ({exc})") from None
+    if not isinstance(obj, Mapping) or obj.get("format") != QUANT_FORMAT:
+        raise ArtifactError(path, "not a workbench quantization state")
+    state = obj.get("state")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(path, "quantization state does not hold tensors")
+    return cfg, dict(state)
+
+
+# -- calibration data ---------------------------------------------------------------------------
+
+def calibration_crops(hr_files: Sequence[Path] | None = None, *, scale: int, count: int = 16,
+                      lr_size: int = 48, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` LR crops (1x3xSxS float32 0..255) from training images, one image each.
+
+    Images too small for an ``lr_size * scale`` HR patch are left out (T91 has 78 px images:
+    19 LR pixels at x4, below what the exported graph accepts); the rest are taken evenly spread
+    over the list. LR is the training data's (MATLAB bicubic of the HR patch's image). Default
+    images: the T91 samples shipped with the package.
+    """
+    from workbench.data.images import image_size, list_images
+    from workbench.data.training import PatchDataset, sample_images_dir
+
+    if lr_size < MIN_EXPORT_SIDE:
+        raise WorkbenchError(f"calibration crops must be at least {MIN_EXPORT_SIDE} LR pixels")
+    files = list(hr_files) if hr_files else list_images(sample_images_dir())
+    patch = lr_size * scale
+    big = [f for f in files if min(image_size(f)) >= patch]
+    if not big:
+        raise WorkbenchError(f"no training image holds a {patch}x{patch} calibration patch "
+                             f"({len(files)} images; use larger images or a smaller lr_size)")
+    picks = [big[int(i)] for i in np.linspace(0, len(big) - 1, num=min(count, len(big)))]
+    ds = PatchDataset(picks, scale=scale, patch_size=patch, augment=False, length=count, seed=seed)
+    return [ds.sample(0, i)[0].unsqueeze(0) for i in range(count)]

@@ -1,0 +1,245 @@
+"""Recipe stage ``quantize``: the previous stage's fp32 model to int8 (deploy mode ``int8``).
+
+``method: qat`` (default) fine-tunes with fake quantization: the model is exported and prepared
+with torchao's PT2E QAT flow (X86InductorQuantizer, per-channel int8 weights, uint8 activations;
+the stem and upsampler convs stay fp32, :class:`workbench.quantize.QuantConfig`), then trained
+with Adam on L1 distillation from the fp32 parent -- the student's SR against the teacher's SR on
+the same LR patch, so it learns to reproduce the parent, not to re-fit the training set -- plus
+an optional L1 to the HR patch. The observers stop moving after ``freeze_observers`` of the
+iterations, so the last steps train the weights for the ranges that conversion will use.
+``method: ptq`` only calibrates the observers on training crops.
+
+The artifact holds the fine-tuned fp32 weights (``model.pt``, loadable as an ordinary fp32
+model), the observers' state (``quant.pt``, tensors only) and the config (``artifact.json``
+``config.quantization``); :func:`workbench.artifacts.load_artifact` reattaches the state and
+:func:`workbench.deploy.prepare` (mode ``int8``) converts and compiles it. Metrics: PSNR-Y of the
+int8 model (the converted graph, evaluated as quantize/dequantize arithmetic) and of the parent
+on the recipe's validation set.
+
+Not resumable: an interrupted stage starts over (a QAT stage is minutes long).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.recipes.schema import TrainSource
+
+log = logging.getLogger("workbench.quantize")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    method: str = field(default="qat", metadata={
+        "help": "qat: fake-quant fine-tuning with distillation from the fp32 parent; ptq: "
+                "calibration only", "choices": ["qat", "ptq"]})
+    iterations: int = field(default=400, metadata={"help": "QAT optimiser steps", "min": 0})
+    batch_size: int = field(default=16, metadata={"help": "patches per step", "min": 1})
+    patch_size: int = field(default=160, metadata={
+        "help": "HR patch side (a multiple of the scale); images smaller than it are left out. "
+                "Large enough that ESA's pooled map is more than a pixel (40 LR at x4)", "min": 4})
+    lr: float = field(default=5e-5, metadata={"help": "Adam learning rate", "gt": 0, "lt": 1})
+    distill_weight: float = field(default=1.0, metadata={
+        "help": "weight of L1(student SR, fp32 parent SR)", "min": 0})
+    hr_weight: float = field(default=0.0, metadata={"help": "weight of L1(student SR, HR)", "min": 0})
+    freeze_observers: float = field(default=0.5, metadata={
+        "help": "fraction of the iterations after which the activation ranges stop moving",
+        "min": 0, "max": 1})
+    calibration_images: int = field(default=16, metadata={
+        "help": "PTQ: training crops to calibrate on (one per image)", "min": 1})
+    calibration_lr_size: int = field(default=48, metadata={
+        "help": "PTQ: LR side of the calibration crops (>= 24)", "min": 24})
+    skip: list[str] | None = field(default=None, metadata={
+        "help": "module names / fnmatch patterns kept fp32 (default: QuantConfig's: conv_1, "
+                "conv_2, upsampler.0, block_*.c5)"})
+    per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
+    val: bool = field(default=True, metadata={"help": "PSNR of int8 and parent on data.val at the end"})
+    log_every: int = field(default=50, metadata={"help": "log interval in iterations", "min": 1})
+    data: list[TrainSource] | None = field(default=None, metadata={
+        "help": "training sources for this stage only (default: the recipe's data.train)"})
+
+    def validate(self) -> list[str]:
+        if self.distill_weight == 0 and self.hr_weight == 0 and self.method == "qat":
+            return ["distill_weight/hr_weight: at least one loss weight must be positive"]
+        return []
+
+    def validate_in(self, recipe: Any) -> list[str]:
+        problems = []
+        if not self.data and not recipe.data.train:
+            problems.append("data: quantize needs training images (calibration / QAT): set "
+                            "data.train in the recipe or data in the stage")
+        if self.method == "qat":
+            from workbench.recipes.stage_utils import patch_size_problems
+
+            problems += patch_size_problems(self.patch_size, recipe.scale)
+        return problems
+
+
+def _batches(ds, batch_size: int, iterations: int, seed: int):
+    """``iterations`` batches of (lr, hr), order a function of (seed, epoch) only."""
+    import numpy as np
+    import torch
+
+    epoch, order, pos = 0, None, 0
+    for _ in range(iterations):
+        idx = []
+        while len(idx) < batch_size:
+            if order is None or pos >= len(order):
+                order = np.random.default_rng([seed, epoch]).permutation(len(ds))
+                epoch, pos = epoch + 1, 0
+            idx.append((epoch - 1, int(order[pos])))
+            pos += 1
+        pairs = [ds.sample(e, i) for e, i in idx]
+        yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=None):
+    """Fake-quant fine-tuning of ``parent_model`` (copied); returns (prepared graph, metrics)."""
+    import copy
+
+    import torch
+    from torchao.quantization.pt2e import move_exported_model_to_train
+    from torchao.quantization.pt2e.fake_quantize import disable_observer
+
+    from workbench.quantize import export_model, make_quantizer
+    from workbench.train.loop import TrainingDiverged
+
+    torch.manual_seed(seed)
+    teacher = copy.deepcopy(parent_model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    example, _ = next(_batches(ds, cfg.batch_size, 1, seed))
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    gm = export_model(parent_model, example, dynamic=False)
+    from workbench.quantize import skipped_modules
+
+    student = quantize_pt2e.prepare_qat_pt2e(gm, make_quantizer(qcfg, skipped_modules(parent_model, qcfg)))
+    move_exported_model_to_train(student)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    freeze_at = int(round(cfg.freeze_observers * cfg.iterations))
+    t0, loss_v, it = time.time(), float("nan"), 0
+    for it, (lr, hr) in enumerate(_batches(ds, cfg.batch_size, cfg.iterations, seed), start=1):
+        if it == freeze_at + 1:
+            student.apply(disable_observer)
+        sr = student(lr)
+        loss = 0.0
+        if cfg.distill_weight:
+            with torch.no_grad():
+                target = teacher(lr)
+            loss = loss + cfg.distill_weight * (sr - target).abs().mean()
+        if cfg.hr_weight:
+            loss = loss + cfg.hr_weight * (sr - hr).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_v = float(loss.detach())
+        if loss_v != loss_v or loss_v in (float("inf"), float("-inf")):
+            raise TrainingDiverged(f"quantize: loss became {loss_v} at iteration {it}")
+        if it % cfg.log_every == 0 or it == cfg.iterations:
+            log.info("qat %d/%d loss %.4f", it, cfg.iterations, loss_v)
+            if writer is not None:
+                writer.add_scalar("quantize/loss", loss_v, it)
+    return student, {"iterations": it, "loss": loss_v, "seconds": time.time() - t0}
+
+
+@register_stage("quantize", config=QuantizeConfig,
+                help="int8 (torchao PT2E): fake-quant fine-tuning with distillation from the fp32 "
+                     "parent (qat) or calibration only (ptq); artifact runs in deploy mode int8")
+def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
+    import torch
+
+    from workbench.artifacts import make_lineage
+    from workbench.data.training import PatchDataset
+    from workbench.models import build_model
+    from workbench.quantize import (QuantConfig, calibrate, calibration_crops, convert,
+                                    prepare_model, quant_state, save_int8_artifact)
+    from workbench.recipes.loader import to_plain
+    from workbench.recipes.stage_utils import (is_main, stage_seed, train_sources,
+                                               training_files)
+
+    parent = ctx.load_parent()
+    model = parent.model.eval().cpu()
+    seed = stage_seed(ctx)
+    hr_files, lr_files = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
+    qcfg = QuantConfig(per_channel=cfg.per_channel, qat=cfg.method == "qat",
+                       **({"skip": tuple(cfg.skip)} if cfg.skip is not None else {}))
+    metrics: dict[str, Any] = {"method": cfg.method, "train_images": len(hr_files)}
+    if cfg.method == "qat":
+        patch = cfg.patch_size
+        usable = [i for i, f in enumerate(hr_files) if min(_size(f)) >= patch]
+        if not usable:
+            from workbench.errors import WorkbenchError
+
+            raise WorkbenchError(f"quantize: no training image holds a {patch}x{patch} patch "
+                                 f"({len(hr_files)} images); lower patch_size")
+        metrics["train_images_used"] = len(usable)
+        ds = PatchDataset([hr_files[i] for i in usable], scale=ctx.scale, patch_size=patch,
+                          lr_files=[lr_files[i] for i in usable] if lr_files else None,
+                          augment=True, seed=seed)
+        prepared, train_metrics = run_qat(model, ds, cfg, qcfg, seed=seed, writer=ctx.writer)
+        metrics.update(train_metrics)
+        trained = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
+        weights = build_model(parent.spec)
+        weights.load_state_dict({k: trained[k] for k in weights.state_dict()}, strict=True)
+    else:
+        crops = calibration_crops(hr_files, scale=ctx.scale, count=cfg.calibration_images,
+                                  lr_size=cfg.calibration_lr_size, seed=seed)
+        prepared = prepare_model(model, qcfg, crops[0])
+        metrics["calibration_images"] = calibrate(prepared, crops)
+        weights = model
+    state = quant_state(prepared)
+    if cfg.val and ctx.recipe is not None:
+        metrics.update(_validate(ctx, weights, qcfg, state, model))
+    path = ctx.artifact_dir
+    if is_main(ctx):
+        lineage = make_lineage(parent=parent, seed=ctx.seed, stage=ctx.stage_id,
+                               recipe_sha256=ctx.recipe_sha256, device="cpu",
+                               stage_type=ctx.stage_type, stage_index=ctx.stage_index,
+                               run_dir=str(ctx.run_dir))
+        save_int8_artifact(path, weights.cpu(), state, qcfg, metrics=metrics, lineage=lineage,
+                           config={"stage": ctx.stage_type, "id": ctx.stage_id, **to_plain(cfg)})
+    parts = [cfg.method]
+    if "loss" in metrics:
+        parts.append(f"{metrics['iterations']} it, loss {metrics['loss']:.4g}")
+    if "val_psnr_y_int8" in metrics:
+        parts.append(f"{metrics['val_set']} PSNR-Y int8 {metrics['val_psnr_y_int8']:.3f} dB "
+                     f"(fp32 parent {metrics['val_psnr_y_parent']:.3f})")
+    return StageResult(artifact=path, metrics=metrics, summary=", ".join(parts))
+
+
+def _size(path) -> tuple[int, int]:
+    from workbench.data.images import image_size
+
+    return image_size(path)
+
+
+def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str, Any]:
+    """PSNR-Y of the converted int8 graph (q/dq arithmetic, eager) and of the fp32 parent on
+    every validation set; the first set's figures also as ``val_*``."""
+    from workbench.data.benchmark import load_set
+    from workbench.evaluate import evaluate_set
+    from workbench.quantize import GraphRunner, convert, restore_prepared
+
+    val = ctx.recipe.data.val
+    int8 = GraphRunner(convert(restore_prepared(weights, qcfg, state)))
+    out: dict[str, Any] = {}
+    for i, name in enumerate(val.sets or ["Set5"]):
+        pset = load_set(name, ctx.scale, data_root=val.root)
+        q = evaluate_set(int8, pset, device="cpu", progress=False)
+        p = evaluate_set(parent_model, pset, device="cpu", progress=False)
+        fig = {"psnr_y_int8": float(q.mean["psnr_y"]), "psnr_y_parent": float(p.mean["psnr_y"]),
+               "psnr_y_delta": float(q.mean["psnr_y"] - p.mean["psnr_y"])}
+        out[q.name] = fig
+        if i == 0:
+            out.update({"val_set": q.name, **{f"val_{k}": v for k, v in fig.items()}})
+        log.info("%s PSNR-Y int8 %.4f, fp32 parent %.4f (%+.4f dB)", q.name, fig["psnr_y_int8"],
+                 fig["psnr_y_parent"], fig["psnr_y_delta"])
+    return out
+
+
+__all__ = ["QuantizeConfig", "quantize_stage", "run_qat"]
