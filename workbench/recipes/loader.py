@@ -53,8 +53,8 @@ class RecipeError(WorkbenchError):
 
     def __init__(self, source: object, problems: Sequence[str]) -> None:
         self.source = source
-        # bounded, whatever a check put in a message (values are shown with _show already)
-        self.problems = [p if len(p) <= 300 else p[:297] + "..." for p in problems]
+        # each problem bounded (values inside are already short reprs); room for two long paths
+        self.problems = [p if len(p) <= 1000 else p[:997] + "..." for p in problems]
         if len(self.problems) == 1:
             text = f"{source}: {self.problems[0]}"
         else:
