@@ -46,6 +46,20 @@ def test_loss_is_zero_when_the_student_is_the_teacher() -> None:
     assert float(value) == pytest.approx(float(expected), rel=1e-6) and float(value) > 0
 
 
+def test_a_unit_range_teacher_sees_the_batch_through_its_input_range() -> None:
+    # SPAN works on [0, 1]: the training loop feeds the student through run_model, and the teacher
+    # must get the same view, else the loss compares against the SR of a 255x brighter input.
+    from workbench.models.family import run_model
+    from workbench.models import SPABSpec, SPANSpec, build_model
+
+    torch.manual_seed(3)
+    teacher = build_model(SPANSpec(scale=2, feature=8, blocks=(SPABSpec(6, 5),), tail=5, fuse=6)).eval()
+    lr = torch.rand(2, 3, 12, 12) * 255
+    loss = build_loss(DISTILL, teacher=teacher)
+    with torch.no_grad():
+        assert float(loss(run_model(copy.deepcopy(teacher), lr), torch.empty(2, 3, 0, 0), lr)) == 0.0
+
+
 def test_loss_specs_need_a_teacher_and_are_checked() -> None:
     assert needs_teacher(DISTILL) and not needs_teacher([{"type": "l1"}])
     assert not uses_hr(DISTILL) and uses_hr([{"type": "l1"}, *DISTILL])

@@ -166,9 +166,12 @@ class DistillLoss(nn.Module):
         return super()._apply(fn, recurse)
 
     def target(self, lr: torch.Tensor) -> torch.Tensor:
-        """The teacher's SR of ``lr`` (no graph, a normal tensor usable in the student's loss)."""
-        with torch.inference_mode():
-            out = self.teacher(lr.float())
+        """The teacher's SR of the 0..255 ``lr`` on 0..255 (no graph, a normal tensor usable in the
+        student's loss), fed through the teacher family's input range like the student."""
+        from workbench.models.family import run_model
+
+        with torch.inference_mode():  # through the teacher's input range ([0, 1] for SPAN/DIPNet)
+            out = run_model(self.teacher, lr.float())
         return out.clone()
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor | None = None,
