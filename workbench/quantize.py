@@ -214,7 +214,7 @@ def _example_for(calibration: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class GraphRunner(nn.Module):
-    """Holds a converted/compiled graph behind a plain module (exported graphs refuse eval())."""
+    """Holds a converted/compiled graph behind a plain module (exported graphs refuse .eval())."""
 
     def __init__(self, fn: Any, graph: nn.Module | None = None) -> None:
         super().__init__()
