@@ -303,3 +303,17 @@ def test_prune_apply_reports_latency_in_the_deploy_mode(tmp_path, capsys):
     assert main(["prune", "apply", "--model", "rlfn_tiny_x2", "--widths", "trunk=6", "--out",
                  str(tmp_path / "q"), "--latency", "--deploy", "cuda_graph"]) == 2
     assert not (tmp_path / "q").exists()  # refused before writing anything
+
+
+def test_premeasure_times_cached_configurations_again(tiny_spec, tmp_path):
+    """A cached timing comes from another hour's load: the interleaved block measures every spec
+    again (fresh), unless asked to fill only the gaps."""
+    settings = LatencySettings(input_shape=(1, 3, 16, 16), repeats=2, warmup=0, threads=1,
+                               isolate=False, cache_path=str(tmp_path / "c.db"))
+    m = LatencyMeasurer(settings)
+    a, b = tiny_spec, tiny_spec.with_widths({"block1.mid1": 4})
+    m.cache.put(m.key(a), {**m.key(a), "median_ms": 9999.0, "p90_ms": 9999.0, "min_ms": 9999.0})
+    assert m.measure_many([a, b], fresh=False) == 1                  # only the missing one
+    assert m.latency(a)["median_ms"] == 9999.0
+    assert m.measure_many([a, b]) == 2                               # both, in one block
+    assert m.latency(a)["median_ms"] < 9999.0
