@@ -21,7 +21,7 @@ def _base(**top) -> dict:
         "model": "rlfn_tiny_x2",
         "data": {"train": [{"layout": "samples"}]},
         "stages": [
-            {"id": "train", "stage": "train", "iterations": 10},
+            {"id": "train", "stage": "train", "iterations": 10, "patch_size": 64},
             {"id": "ft", "stage": "finetune", "iterations": 5, "patch_size": 32},
             {"id": "eval", "stage": "evaluate"},
         ],
@@ -242,3 +242,31 @@ def test_exponent_floats_without_a_dot_are_numbers() -> None:
     with pytest.raises(RecipeError) as info:
         parse_recipe(_base(), overrides=["stages.train.lr=1e-5x"])
     assert info.value.problems == ["stages[0] (train).lr: must be a number, got '1e-5x'"]
+
+
+def test_validate_refuses_a_patch_larger_than_a_training_image(tmp_path: Path, capsys) -> None:
+    """The size check reads image headers at validate time, so a run cannot stop hours in on the
+    first stage whose crops do not fit; a stage's own data decides for that stage."""
+    import numpy as np
+    from PIL import Image
+
+    big, mixed = tmp_path / "big", tmp_path / "mixed"
+    for folder, sides in ((big, (96, 100)), (mixed, (96, 60))):
+        folder.mkdir()
+        for k, side in enumerate(sides):
+            Image.fromarray(np.full((side, side + 8, 3), 90 + k, np.uint8)).save(folder / f"im{k}.png")
+    doc = {"model": "rlfn_tiny_x4", "data": {"train": [{"root": str(mixed), "layout": "folder"}]},
+           "stages": [{"id": "ft", "stage": "finetune", "iterations": 1, "patch_size": 64}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0] (ft).patch_size: 64 px is larger than 1 of its 2 training images" in err
+    assert "im1.png, 60 px" in err and "Traceback" not in err
+    doc["stages"][0]["data"] = [{"root": str(big), "layout": "folder"}]
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path)]) == 0
+    doc["stages"][0]["patch_size"] = 60
+    doc["stages"][0].pop("data")
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path)]) == 0

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
                         check_paths=not args.skip_data_check)
         except RecipeError as exc:
             problems += [f"with --smoke: {p}" for p in exc.problems if p not in problems]
+    if recipe is not None and not args.skip_data_check:
+        problems += patch_problems(recipe)
     if problems:
         raise RecipeError(args.recipe, problems)
     assert recipe is not None
@@ -74,3 +76,49 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.recipe}: valid{mode}: {len(recipe.stages)} stages "
           f"({', '.join(f'{s.id}:{s.type}' for s in recipe.stages)}), sha256 {recipe.sha256[:12]}")
     return 0
+
+
+#: Stages that leave out training images smaller than their patch themselves.
+_SKIPS_SMALL_IMAGES = {"quantize"}
+
+
+def patch_problems(recipe) -> list[str]:
+    """Every training stage whose HR patch is larger than one of its training images (read from
+    the image headers, nothing decoded): the run would stop there, maybe hours in."""
+    from workbench.data.images import image_size
+    from workbench.errors import WorkbenchError
+    from workbench.recipes.stage_utils import training_files
+
+    problems: list[str] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for plan in recipe.stages:
+        patch = getattr(plan.config, "patch_size", None)
+        if not isinstance(patch, int) or plan.type in _SKIPS_SMALL_IMAGES:
+            continue
+        sources = getattr(plan.config, "data", None) or list(recipe.config.data.train)
+        if not sources:
+            continue
+        try:
+            hr, _, as_lr = training_files(sources, scale=recipe.scale, with_lr_only=True)
+        except WorkbenchError:
+            continue  # a missing folder is reported by the loader already
+        small = []
+        for path, lr_only in zip(hr, as_lr):
+            key = str(path)
+            if key not in sizes:
+                try:
+                    sizes[key] = image_size(path)
+                except (WorkbenchError, OSError):
+                    continue
+            h, w = sizes[key]
+            need = patch // recipe.scale if lr_only else patch
+            if not lr_only:
+                h, w = h - h % recipe.scale, w - w % recipe.scale
+            if min(h, w) < need:
+                small.append((min(h, w), path))
+        if small:
+            side, path = min(small)
+            problems.append(f"{plan.label}.patch_size: {patch} px is larger than {len(small)} of its "
+                            f"{len(hr)} training images (smallest: {path}, {side} px); lower it or give "
+                            f"the stage its own data without them")
+    return problems
