@@ -270,3 +270,13 @@ def test_validate_refuses_a_patch_larger_than_a_training_image(tmp_path: Path, c
     doc["stages"][0].pop("data")
     path.write_text(yaml.safe_dump(doc))
     assert main(["validate", str(path)]) == 0
+
+
+@pytest.mark.parametrize("name", ["beat-ntire22", "rlfn_s-int8", "rlfn_s-prune46", "search-rlfn_s",
+                                  "span-compress"])
+def test_every_result_recipe_validates_on_the_real_data(name, repo_dir, shared_dir, monkeypatch,
+                                                        capsys) -> None:
+    """The full (not smoke) form of each result recipe against ../shared: the leakage guard, the
+    patch sizes and every data folder, as `workbench run` would meet them (ntire22 needs DIV2K)."""
+    monkeypatch.chdir(repo_dir)
+    assert main(["validate", f"recipes/{name}.yaml"]) == 0, capsys.readouterr().err
