@@ -282,6 +282,14 @@ def restore_prepared(model: nn.Module, cfg: QuantConfig, state: Mapping[str, tor
             # observers start with empty ranges of another shape (per-channel min/max)
             _resize_buffer(prepared, k, v)
     prepared.load_state_dict({**current, **state}, strict=True)
+    # An observer shared by two nodes (max-pool's input and output) is one module under two
+    # names; named_modules() and so the state know only the first, while load_state_dict also
+    # visits the second and writes the fresh (empty) buffers of ``current`` into the same
+    # module. Writing the stored values again makes the state win.
+    with torch.no_grad():
+        for k, v in state.items():
+            mod_name, _, buf = k.rpartition(".")
+            getattr(prepared.get_submodule(mod_name), buf).copy_(v)
     return prepared
 
 
