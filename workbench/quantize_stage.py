@@ -280,6 +280,9 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
 
     parent = ctx.load_parent()
     model = parent.model.eval().cpu()
+    from workbench.quantize import require_int8_family
+
+    require_int8_family(model)
     seed = stage_seed(ctx)
     hr_files, lr_files = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
     qcfg = QuantConfig(per_channel=cfg.per_channel, qat=cfg.method == "qat",
