@@ -100,9 +100,12 @@ def test_export_int8_cli_checks_psnr(int8_art, tmp_path, capsys, monkeypatch) ->
                  "--images", "2"]) == 0
     text = capsys.readouterr().out
     assert "QDQ: 16 int8 convs, 5 fp32" in text and "torch int8" in text and "check OK" in text
-    # a gap beyond the limit fails in one line with exit 2
+    # a gap beyond the limit fails in one line with exit 2 (the file above reused: no export)
     import workbench.quantize_onnx as qo
 
+    info = {"path": out, "size": out.stat().st_size, "int8_convs": 16, "fp32_convs": [""] * 5,
+            "quantize": 1, "dequantize": 1}
+    monkeypatch.setattr(qo, "export_int8_onnx", lambda model, path, opset: info)
     monkeypatch.setattr(qo, "MAX_PSNR_GAP_DB", -1.0)
     assert main(["export", "--model", str(int8_art), "--int8", "--out", str(out), "--check",
                  "--images", "1"]) == 2
