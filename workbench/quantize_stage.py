@@ -363,4 +363,4 @@ def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str
     return out
 
 
-__all__ = ["QuantizeConfig", "quantize_stage", "run_qat"]
+__all__ = ["QuantizeConfig", "quantize_stage", "run_qat", "QAT_CHECKPOINT_FILE"]
