@@ -148,3 +148,33 @@ def test_qat_stage_artifact_reloads_weights_only(tmp_path: Path, request) -> Non
     (art_dir / QUANT_FILE).write_bytes((art_dir / QUANT_FILE).read_bytes()[:-7] + b"garbage")
     with pytest.raises(ArtifactError, match="hash"):
         load_artifact(art_dir)
+
+
+def test_restored_state_gives_the_calibrated_graph() -> None:
+    """restore_prepared + convert reproduces the converted graph of the calibration exactly,
+    including the observer that max-pool's input and output share (one module, two names)."""
+    from workbench.quantize import calibrate, convert, prepare_model, quant_state, restore_prepared
+
+    model, cfg = _model(), QuantConfig()
+    calib = _smooth_lr(3, 32, seed=1)
+    prepared = prepare_model(model, cfg, calib[0])
+    calibrate(prepared, calib)
+    state = quant_state(prepared)
+    restored = convert(restore_prepared(model, cfg, state))
+    original = convert(prepared)
+    x = _smooth_lr(1, 40, seed=2)[0]
+    with torch.no_grad():
+        assert torch.equal(restored(x), original(x))
+
+
+def test_int8_refuses_other_families_in_one_line(capsys) -> None:
+    from workbench.cli import main
+    from workbench.models import build_model
+    from workbench.models.span import PRESETS
+
+    span = build_model(PRESETS["span_tiny"].spec(2)).eval()
+    with pytest.raises(WorkbenchError, match="RLFN family only .*span"):
+        prepare(span, mode="int8", example_shape=None)
+    assert main(["eval", "--model", "span_tiny_x2", "--deploy", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "RLFN family only" in err and len(err.splitlines()) == 1

@@ -405,7 +405,9 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
 
         return done(run_autocast, m, cl=True)
     if mode == "int8":
-        from workbench.quantize import GraphRunner, compile_int8, int8_from_model
+        from workbench.quantize import GraphRunner, compile_int8, int8_from_model, require_int8_family
+
+        require_int8_family(model)
 
         converted, info = int8_from_model(m, calibration)
         runner = GraphRunner(compile_int8(converted), converted)

@@ -16,7 +16,14 @@ model), the observers' state (``quant.pt``, tensors only) and the config (``arti
 int8 model (the converted graph, evaluated as quantize/dequantize arithmetic) and of the parent
 on the recipe's validation set.
 
-Not resumable: an interrupted stage starts over (a QAT stage is minutes long).
+Resumable (QAT): every ``checkpoint_every`` iterations and at the end the stage writes
+``checkpoints/qat.pt`` atomically -- the prepared graph's whole state (fine-tuned weights and
+every fake-quantizer's scale, zero-point, observer ranges and enable flags), Adam's state, the
+iteration, the RNG states and the last loss, tensors and plain values only (``weights_only``).
+The batch order is a function of (seed, epoch) and each patch of (seed, epoch, index), as in
+:mod:`workbench.train.loop`, so a run killed and resumed ends bitwise equal to an uninterrupted
+one on CPU. A checkpoint from other settings, seed or parent weights is refused in one line.
+PTQ (seconds of calibration) starts over.
 """
 from __future__ import annotations
 
@@ -58,6 +65,8 @@ class QuantizeConfig:
     per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
     val: bool = field(default=True, metadata={"help": "PSNR of int8 and parent on data.val at the end"})
     log_every: int = field(default=50, metadata={"help": "log interval in iterations", "min": 1})
+    checkpoint_every: int = field(default=50, metadata={
+        "help": "QAT: write a resumable checkpoint every this many iterations", "min": 1})
     data: list[TrainSource] | None = field(default=None, metadata={
         "help": "training sources for this stage only (default: the recipe's data.train)"})
 
@@ -78,13 +87,14 @@ class QuantizeConfig:
         return problems
 
 
-def _batches(ds, batch_size: int, iterations: int, seed: int):
-    """``iterations`` batches of (lr, hr), order a function of (seed, epoch) only."""
+def _batches(ds, batch_size: int, iterations: int, seed: int, start: int = 0):
+    """Batches ``start + 1 .. iterations`` of (lr, hr), order a function of (seed, epoch) only
+    (the first ``start`` are skipped without loading their patches)."""
     import numpy as np
     import torch
 
     epoch, order, pos = 0, None, 0
-    for _ in range(iterations):
+    for n in range(iterations):
         idx = []
         while len(idx) < batch_size:
             if order is None or pos >= len(order):
@@ -92,12 +102,79 @@ def _batches(ds, batch_size: int, iterations: int, seed: int):
                 epoch, pos = epoch + 1, 0
             idx.append((epoch - 1, int(order[pos])))
             pos += 1
+        if n < start:
+            continue
         pairs = [ds.sample(e, i) for e, i in idx]
         yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=None):
-    """Fake-quant fine-tuning of ``parent_model`` (copied); returns (prepared graph, metrics)."""
+QAT_CHECKPOINT_FORMAT = "workbench-qat-checkpoint"
+QAT_CHECKPOINT_FILE = "qat.pt"
+#: QuantizeConfig fields that do not change the training trajectory (left out of the fingerprint).
+_NOT_TRAJECTORY = ("log_every", "val", "checkpoint_every", "calibration_images",
+                   "calibration_lr_size")
+
+
+def _fingerprint(cfg: QuantizeConfig, qcfg, parent_id: str | None) -> dict[str, Any]:
+    from workbench.recipes.loader import to_plain
+
+    stage = {k: v for k, v in to_plain(cfg).items() if k not in _NOT_TRAJECTORY}
+    return {"stage": stage, "quantization": qcfg.to_dict(), "parent": parent_id}
+
+
+def _load_qat_checkpoint(path, *, seed: int, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    from workbench.artifacts import _torch_load
+    from workbench.errors import ArtifactError, WorkbenchError
+
+    restart = "delete it to restart the stage from its beginning"
+    try:
+        ckpt = _torch_load(path)
+    except ArtifactError as exc:
+        raise WorkbenchError(f"{path}: cannot read the QAT checkpoint ({exc.problem}); {restart}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != QAT_CHECKPOINT_FORMAT:
+        raise WorkbenchError(f"{path}: not a workbench QAT checkpoint; {restart}")
+    it = ckpt.get("iteration")
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+        raise WorkbenchError(f"{path}: damaged QAT checkpoint (iteration {repr(it)[:40]}); {restart}")
+    for key in ("model", "optimizer", "rng"):
+        if not isinstance(ckpt.get(key), dict):
+            raise WorkbenchError(f"{path}: damaged QAT checkpoint ({key!r} missing); {restart}")
+    if ckpt.get("seed") != seed or ckpt.get("fingerprint") != fingerprint:
+        raise WorkbenchError(f"{path}: this QAT checkpoint was written with other settings, seed "
+                             f"or parent; delete it (or rerun the stage with --from) to start over")
+    return ckpt
+
+
+def _load_graph_state(gm, state, path) -> None:
+    """Load a prepared graph's full state; per-channel observers start with empty ranges of
+    another shape, so mismatched buffers are resized first."""
+    import torch
+
+    from workbench.errors import WorkbenchError
+    from workbench.quantize import _resize_buffer
+
+    current = gm.state_dict()
+    if set(current) != set(state):
+        raise WorkbenchError(f"{path}: QAT checkpoint does not fit this model's prepared graph; "
+                             "delete it to restart the stage from its beginning")
+    for k, v in state.items():
+        if current[k].shape != v.shape:
+            _resize_buffer(gm, k, v)
+    gm.load_state_dict(state, strict=True)
+    with torch.no_grad():  # shared fake-quantizers: the stored values win (see restore_prepared)
+        for k, v in state.items():
+            mod_name, _, name = k.rpartition(".")
+            mod = gm.get_submodule(mod_name) if mod_name else gm
+            if name in mod._buffers:
+                mod._buffers[name].copy_(v)
+
+
+def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=None,
+            checkpoint_dir=None, parent_id: str | None = None):
+    """Fake-quant fine-tuning of ``parent_model`` (copied); returns (prepared graph, metrics).
+
+    With ``checkpoint_dir`` it checkpoints every ``cfg.checkpoint_every`` iterations and at the
+    end, and resumes from a checkpoint there (same settings, seed and ``parent_id``)."""
     import copy
 
     import torch
@@ -122,8 +199,44 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     freeze_at = int(round(cfg.freeze_observers * cfg.iterations))
-    t0, loss_v, it = time.time(), float("nan"), 0
-    for it, (lr, hr) in enumerate(_batches(ds, cfg.batch_size, cfg.iterations, seed), start=1):
+    t0, loss_v, it, start = time.time(), float("nan"), 0, 0
+    from pathlib import Path
+
+    from workbench.train.loop import _rng_state, _set_rng_state, _write_checkpoint
+
+    fingerprint = _fingerprint(cfg, qcfg, parent_id)
+    ckpt_path = Path(checkpoint_dir) / QAT_CHECKPOINT_FILE if checkpoint_dir is not None else None
+    if ckpt_path is not None and ckpt_path.is_file():
+        ckpt = _load_qat_checkpoint(ckpt_path, seed=seed, fingerprint=fingerprint)
+        from workbench.errors import WorkbenchError
+
+        _load_graph_state(student, ckpt["model"], ckpt_path)
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+            _set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise WorkbenchError(f"{ckpt_path}: damaged QAT checkpoint ({type(exc).__name__}: "
+                                 f"{str(exc)[:120]}); delete it to restart the stage") from None
+        start = it = min(int(ckpt["iteration"]), cfg.iterations)
+        loss_v = float(ckpt.get("loss", loss_v))
+        if start > freeze_at:
+            student.apply(disable_observer)
+        log.info("qat: resuming from %s at iteration %d", ckpt_path, start)
+    last_saved = start if ckpt_path is not None and ckpt_path.is_file() else None
+
+    def save(iteration: int) -> None:
+        nonlocal last_saved
+        if ckpt_path is None:
+            return
+        payload = {"format": QAT_CHECKPOINT_FORMAT, "version": 1, "iteration": iteration,
+                   "seed": seed, "fingerprint": fingerprint,
+                   "model": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+                   "optimizer": opt.state_dict(), "rng": _rng_state(), "loss": loss_v}
+        _write_checkpoint(ckpt_path, payload, previous_iteration=last_saved)
+        last_saved = iteration
+
+    batches = _batches(ds, cfg.batch_size, cfg.iterations, seed, start=start)
+    for it, (lr, hr) in enumerate(batches, start=start + 1):
         if it == freeze_at + 1:
             student.apply(disable_observer)
         sr = student(lr)
@@ -144,7 +257,10 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
             log.info("qat %d/%d loss %.4f", it, cfg.iterations, loss_v)
             if writer is not None:
                 writer.add_scalar("quantize/loss", loss_v, it)
-    return student, {"iterations": it, "loss": loss_v, "seconds": time.time() - t0}
+        if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+            save(it)
+    return student, {"iterations": it, "loss": loss_v, "seconds": time.time() - t0,
+                     "resumed_from": start or None}
 
 
 @register_stage("quantize", config=QuantizeConfig,
@@ -164,6 +280,9 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
 
     parent = ctx.load_parent()
     model = parent.model.eval().cpu()
+    from workbench.quantize import require_int8_family
+
+    require_int8_family(model)
     seed = stage_seed(ctx)
     hr_files, lr_files = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
     qcfg = QuantConfig(per_channel=cfg.per_channel, qat=cfg.method == "qat",
@@ -181,7 +300,9 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
         ds = PatchDataset([hr_files[i] for i in usable], scale=ctx.scale, patch_size=patch,
                           lr_files=[lr_files[i] for i in usable] if lr_files else None,
                           augment=True, seed=seed)
-        prepared, train_metrics = run_qat(model, ds, cfg, qcfg, seed=seed, writer=ctx.writer)
+        prepared, train_metrics = run_qat(model, ds, cfg, qcfg, seed=seed, writer=ctx.writer,
+                                          checkpoint_dir=ctx.checkpoint_dir,
+                                          parent_id=parent.weights_sha256)
         metrics.update(train_metrics)
         trained = {k: v.detach().clone() for k, v in prepared.state_dict().items()}
         weights = build_model(parent.spec)
@@ -242,4 +363,4 @@ def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str
     return out
 
 
-__all__ = ["QuantizeConfig", "quantize_stage", "run_qat"]
+__all__ = ["QuantizeConfig", "quantize_stage", "run_qat", "QAT_CHECKPOINT_FILE"]
