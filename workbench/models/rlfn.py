@@ -177,6 +177,10 @@ class RLFNSpec:
     def num_blocks(self) -> int:
         return len(self.blocks)
 
+    def with_blocks(self, keep: list[int]) -> "RLFNSpec":
+        """The spec with only blocks ``keep`` (1-based, increasing), renumbered from 1."""
+        return replace(self, blocks=tuple(self.blocks[k - 1] for k in keep))
+
     def with_widths(self, widths: Mapping[str, int]) -> "RLFNSpec":
         """A copy with some groups set to new widths (names as in :func:`group_widths`)."""
         current = group_widths(self)
@@ -586,7 +590,7 @@ def drop_blocks(model: RLFN, keep: list[int]) -> RLFN:
             raise WorkbenchError(f"cannot drop blocks: block {k} reads {inputs[k - 1]} channels but "
                                  f"would be fed {feeds}; make the widths equal first")
         feeds = spec.blocks[k - 1].out
-    return renumber_blocks(model, keep, replace(spec, blocks=tuple(kept)))
+    return renumber_blocks(model, keep, spec.with_blocks(keep))
 
 
 FAMILY = register_family(Family(

@@ -141,6 +141,21 @@ class SPANSpec:
                 blocks[int(head[5:]) - 1][fld] = int(width)
         return replace(self, blocks=tuple(SPABSpec(**b) for b in blocks), **top)
 
+    def with_blocks(self, keep: list[int]) -> "SPANSpec":
+        """The spec with only blocks ``keep`` (1-based, increasing), renumbered from 1. The tap
+        (whose c1_r output conv_cat reads) stays its block when kept, else becomes the last kept
+        block, which must then have the old tap's mid1 width (ValueError otherwise)."""
+        if self.tap in keep:
+            tap = keep.index(self.tap) + 1
+        else:
+            tap = len(keep)
+            old, new = self.blocks[self.tap - 1].mid1, self.blocks[keep[-1] - 1].mid1
+            if old != new:
+                raise ValueError(f"block {keep[-1]} would feed conv_cat's tapped slice with {new} "
+                                 f"channels, which reads {old} (block {self.tap}'s c1_r); prune "
+                                 "them to equal widths first")
+        return replace(self, blocks=tuple(self.blocks[k - 1] for k in keep), tap=tap)
+
     def describe(self) -> str:
         mids = {(b.mid1, b.mid2) for b in self.blocks}
         if mids == {(self.feature, self.feature)} and self.tail == self.fuse == self.feature:
@@ -378,17 +393,10 @@ def drop_blocks(model: "SPAN", keep: list[int]) -> "SPAN":
     from workbench.errors import WorkbenchError
     from workbench.models.family import renumber_blocks
 
-    spec = model.spec
-    if spec.tap in keep:
-        tap = keep.index(spec.tap) + 1
-    else:
-        tap = len(keep)
-        old, new = spec.blocks[spec.tap - 1].mid1, spec.blocks[keep[-1] - 1].mid1
-        if old != new:
-            raise WorkbenchError(f"cannot drop blocks: block {keep[-1]} would feed conv_cat's tapped "
-                                 f"slice with {new} channels, which reads {old} (block {spec.tap}'s "
-                                 "c1_r); prune them to equal widths first")
-    target = replace(spec, blocks=tuple(spec.blocks[k - 1] for k in keep), tap=tap)
+    try:
+        target = model.spec.with_blocks(keep)
+    except ValueError as exc:
+        raise WorkbenchError(f"cannot drop blocks: {exc}") from None
     return renumber_blocks(model, keep, target)
 
 
