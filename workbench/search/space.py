@@ -232,12 +232,16 @@ class SearchSpace:
         fam = family_of_spec(parent)
         rlfn_dims = [d for d in ("trunk", "mid", "esa") if getattr(self, d) is not None]
         if rlfn_dims:
+            import re
+
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            numbered = [re.sub(r"\d+", "*", n) for n in names if re.search(r"\d", n)]
+            example = f" '{numbered[0]}=LOW:HIGH:STEP'" if numbered else ""
             raise WorkbenchError(
                 f"search space: {', '.join(rlfn_dims)} {'is' if len(rlfn_dims) == 1 else 'are'} "
                 f"RLFN's shorthand; a {fam.name} model is searched over its channel groups "
-                f"({shown}) and blocks: e.g. --space 'group:{names[0]}=LOW:HIGH:STEP' "
-                f"'{names[-1].split('.')[0]}*=...' (workbench prune groups lists them)")
+                f"({shown}) and blocks: e.g. --space 'group:{names[0]}=LOW:HIGH:STEP'"
+                f"{example} (workbench prune groups lists them)")
         if self.blocks is not None:
             if fam.drop_blocks is None or not hasattr(parent, "with_blocks"):
                 raise WorkbenchError(f"search space: model family {fam.name!r} declares no "
