@@ -9,16 +9,20 @@ Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 a
 ``eager``          the model as trained (fp32, contiguous NCHW): the reference.
 ``channels_last``  NHWC memory format for weights and activations: oneDNN's preferred layout on
                    CPU, cuDNN's for tensor cores on GPU. Max 1 gray level from eager.
-``fused``          CPU, RLFN only: the forward rewritten as one oneDNN primitive per conv on
-                   channels_last tensors, LeakyReLU / sigmoid fused as post-ops, weights
-                   pre-reordered, 1x1 convs kept on oneDNN (eager sends them to a slow im2col
-                   path in channels_last), elementwise ops in place. No compile step; any input
-                   size. Max 1 gray level from eager.
+``fused``          CPU, every family: the family's declared ``Family.fused`` form (RLFN: the
+                   forward rewritten as one oneDNN primitive per conv on channels_last tensors,
+                   LeakyReLU / sigmoid fused as post-ops, weights pre-reordered, 1x1 convs kept
+                   on oneDNN (eager sends them to a slow im2col path in channels_last),
+                   elementwise ops in place; SPAN likewise with SiLU fused and its x255 folded
+                   into conv_1), or :func:`generic_fused` (torch.fx: every conv one oneDNN
+                   primitive with its activation fused). No compile step; any input size. Max 1
+                   gray level from eager.
 ``compile``        ``torch.compile`` (inductor) with channels_last and *freezing* (weights become
                    constants, so convs are pre-packed and bias/activations fused); works offline on
                    CPU; the first call per input shape compiles (10-80 s here). Max 1 gray level.
-``bf16``           the residual blocks in bfloat16 (weights and activations), the stem, the long
-                   skip and the upsampler in fp32. Measured: up to 6 gray levels from fp32 eager
+``bf16``           the family's ``Family.bf16`` form, or :func:`generic_bf16`: the body in
+                   bfloat16 (weights and activations), the stem and the upsampler (RLFN: also the
+                   long skip) in fp32. Measured on RLFN: up to 6 gray levels from fp32 eager
                    on Set5 x4 (0.001 dB Y-PSNR), so NOT within the one-level budget.
 ``bf16_autocast``  ``torch.autocast`` to bfloat16 everywhere: up to 7 gray levels (not within).
 ``int8``           CPU: torchao PT2E int8 (uint8 activations, per-channel int8 weights, stem and
@@ -79,7 +83,9 @@ def default_mode(device: str | torch.device = "cpu", model: nn.Module | None = N
     """The deploy mode latency is measured in unless one is named: the fastest fp32 mode.
 
     The rule: on a GPU ``cuda_graph`` (the fastest fp32 path, no per-model compile); on a CPU
-    ``fused`` for an RLFN (``model`` None means an RLFN) and ``channels_last`` for other models.
+    the family's ``cpu_default_deploy`` (``model`` None means an RLFN: ``fused``; SPAN and wrapped
+    modules keep ``channels_last``, the mode their recorded results were timed in, though
+    ``fused`` runs SPAN in 0.77x the time) and ``channels_last`` for a module no family built.
     ``compile`` is not the CPU default although it can be a few percent faster than ``fused``
     (243 vs 250 ms for rlfn_ntire_x4 in bench/bench_deploy.py): it costs 5-80 s of compiling
     per model and input shape, which a search pays for every candidate. Name it
@@ -89,7 +95,14 @@ def default_mode(device: str | torch.device = "cpu", model: nn.Module | None = N
     dev = torch.device(device)
     if dev.type == "cuda":
         return RECOMMENDED["cuda"]
-    return RECOMMENDED["cpu"] if model is None or _is_rlfn(model) else "channels_last"
+    if model is None:
+        return RECOMMENDED["cpu"]
+    from workbench.models.family import family_of
+
+    try:
+        return family_of(model).cpu_default_deploy
+    except WorkbenchError:
+        return "channels_last"
 
 
 def reduced_precision_mode(device: str | torch.device = "cpu", *,
@@ -170,26 +183,6 @@ def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
     return m
 
 
-class _MixedBF16RLFN(nn.Module):
-    """RLFN with its blocks in bfloat16 and the stem, long skip and upsampler in fp32."""
-
-    def __init__(self, model: nn.Module, channels_last: bool) -> None:
-        super().__init__()
-        self.conv_1 = model.conv_1
-        self.body = nn.ModuleList(model.blocks()).to(torch.bfloat16)
-        self.conv_2 = model.conv_2
-        self.upsampler = model.upsampler
-        self.fmt = CL if channels_last else torch.contiguous_format
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature = self.conv_1(x)
-        out = feature.to(torch.bfloat16)
-        for block in self.body:
-            out = block(out)
-        out = self.conv_2(out.float().contiguous(memory_format=self.fmt)) + feature
-        return self.upsampler(out)
-
-
 class _PackedConv:
     """A Conv2d as a oneDNN call with an optional fused post-op (weights pre-reordered)."""
 
@@ -210,62 +203,6 @@ class _PackedConv:
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
             attr, list(scalars), "")
-
-
-class _FusedRLFN(nn.Module):
-    """RLFN forward for CPU inference with oneDNN post-op fusion and in-place elementwise ops.
-
-    Each conv runs as one oneDNN primitive on channels_last tensors with its LeakyReLU (block
-    convs) or sigmoid (ESA conv4) fused, 1x1 convs kept on oneDNN (eager dispatches them to a
-    slow im2col path in channels_last), the residual adds, ESA's add and the mask multiply done
-    in place, and pixel shuffle done as one NHWC copy. (A sum post-op for conv_2 + skip measured
-    no faster than conv then add_.) Arithmetic is eager fp32's up to summation order.
-    """
-
-    def __init__(self, model: nn.Module, example_hw: tuple[int, int] | None, prepack: bool) -> None:
-        super().__init__()
-        self.scale = int(model.scale)
-        self.slope = float(model.blocks()[0].act.negative_slope)
-        hw = example_hw
-
-        def packed(conv: nn.Conv2d, at: tuple[int, int] | None) -> _PackedConv:
-            return _PackedConv(conv, at, prepack)
-
-        self.conv_1 = packed(model.conv_1, hw)
-        self.blocks_ = []
-        for blk in model.blocks():
-            esa = blk.esa
-            self.blocks_.append({
-                "c1": packed(blk.c1_r, hw), "c2": packed(blk.c2_r, hw), "c3": packed(blk.c3_r, hw),
-                "c5": packed(blk.c5, hw), "conv1": packed(esa.conv1, hw),
-                "conv_f": packed(esa.conv_f, hw), "conv2": packed(esa.conv2, hw),
-                # conv3 runs on the small pooled map: no size hint for its weight layout
-                "conv3": _PackedConv(esa.conv3, None, False), "conv4": packed(esa.conv4, hw),
-            })
-        self.conv_2 = packed(model.conv_2, hw)
-        self.up = packed(model.upsampler[0], hw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        act = ("leaky_relu", [self.slope])
-        feature = self.conv_1(x)
-        out = feature
-        for b in self.blocks_:
-            inp = out
-            out = b["c1"](inp, *act)
-            out = b["c2"](out, *act)
-            out = b["c3"](out, *act)
-            out.add_(inp)
-            c5 = b["c5"](out)
-            reduced = b["conv1"](c5)
-            pooled = F.max_pool2d(b["conv2"](reduced), kernel_size=7, stride=3)
-            up = F.interpolate(b["conv3"](pooled), size=c5.shape[2:], mode="bilinear",
-                               align_corners=False)
-            up.add_(b["conv_f"](reduced))
-            out = b["conv4"](up, "sigmoid").mul_(c5)
-        out = self.conv_2(out).add_(feature)
-        return _pixel_shuffle_nhwc(self.up(out), self.scale)
 
 
 def _pixel_shuffle_nhwc(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -295,10 +232,163 @@ def _frozen_compile(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     return run
 
 
-def _is_rlfn(model: nn.Module) -> bool:
-    from workbench.models.rlfn import RLFN
+def _family_or_refuse(model: nn.Module, mode: str):
+    """The family of ``model`` (its deploy forms), or a WorkbenchError for a bare module."""
+    from workbench.models.family import family_of
 
-    return isinstance(model, RLFN)  # SPAN has conv_1/conv_2/blocks too, but another forward
+    try:
+        return family_of(model)
+    except WorkbenchError:
+        raise WorkbenchError(f"deploy mode {mode!r} rewrites a family model's forward (RLFN, SPAN, "
+                             f"DIPNet or a registered family); {type(model).__name__} has no "
+                             "family: use channels_last, compile or bf16_autocast") from None
+
+
+class _PackedConvModule(nn.Module):
+    """A Conv2d replaced by one oneDNN primitive with an optional fused activation (``attr``)."""
+
+    def __init__(self, conv: nn.Conv2d, attr: str, scalars: Sequence[Any],
+                 example_hw: tuple[int, int] | None) -> None:
+        super().__init__()
+        # a strided conv's input size is not the example's: no size hint for its weight layout
+        hint = example_hw if conv.stride == (1, 1) else None
+        self.conv = _PackedConv(conv, hint, prepack=hint is not None)
+        self.attr = attr
+        self.scalars = list(scalars)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.contiguous(memory_format=CL), self.attr, self.scalars)
+
+
+def _activation_of(node: Any, modules: dict[str, nn.Module]) -> tuple[str, list[float]] | None:
+    """The oneDNN post-op equivalent of fx ``node`` when it is a plain activation, else None."""
+    import torch.nn.functional as F
+
+    def slope(default: float = 0.01) -> float:
+        if len(node.args) > 1:
+            return float(node.args[1])
+        return float(node.kwargs.get("negative_slope", default))
+
+    if node.op == "call_module":
+        mod = modules.get(str(node.target))
+        if isinstance(mod, nn.ReLU):
+            return "relu", []
+        if isinstance(mod, nn.SiLU):
+            return "swish", []
+        if isinstance(mod, nn.Sigmoid):
+            return "sigmoid", []
+        if isinstance(mod, nn.Tanh):
+            return "tanh", []
+        if isinstance(mod, nn.LeakyReLU):
+            return "leaky_relu", [float(mod.negative_slope)]
+        return None
+    if node.op == "call_function":
+        if node.target in (torch.relu, F.relu, torch.relu_):
+            return "relu", []
+        if node.target is F.silu:
+            return "swish", []
+        if node.target in (torch.sigmoid, F.sigmoid):
+            return "sigmoid", []
+        if node.target in (torch.tanh, F.tanh):
+            return "tanh", []
+        if node.target is F.leaky_relu:
+            return "leaky_relu", [slope()]
+        return None
+    if node.op == "call_method" and node.target in ("relu", "relu_", "sigmoid", "tanh"):
+        return {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}[node.target], []
+    return None
+
+
+def _plain_conv(mod: nn.Module) -> bool:
+    return (type(mod) is nn.Conv2d and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str))
+
+
+def generic_fused(model: nn.Module, example_hw: tuple[int, int] | None) -> nn.Module:
+    """The ``fused`` form of any module (a family that declares none gets this one).
+
+    The model is traced with torch.fx; every plain Conv2d becomes one pre-packed oneDNN
+    primitive on channels_last tensors, with the activation that is its only user (ReLU, SiLU,
+    sigmoid, tanh, LeakyReLU) fused as a post-op. A forward fx cannot trace (data-dependent
+    control flow) keeps its Python code and only has its convs replaced. Exact to summation order.
+    """
+    import torch.fx as fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure: convs only, the forward as written
+        gm = None
+    if gm is None:
+        for name, mod in list(model.named_modules()):
+            if _plain_conv(mod):
+                parent_name, _, leaf = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, leaf, _PackedConvModule(mod, "none", (), example_hw))
+        return model
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not _plain_conv(modules.get(str(node.target))):
+            continue
+        conv = modules[str(node.target)]
+        attr, scalars = "none", []
+        users = list(node.users)
+        if len(users) == 1:
+            act = _activation_of(users[0], modules)
+            if act is not None:
+                attr, scalars = act
+                users[0].replace_all_uses_with(node)
+                gm.graph.erase_node(users[0])
+        name = str(node.target)
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(gm.get_submodule(parent_name) if parent_name else gm, leaf,
+                _PackedConvModule(conv, attr, scalars, example_hw))
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+class _Fp32Island(nn.Module):
+    """A conv kept in fp32 inside a bfloat16 model: casts its input up and its output back."""
+
+    def __init__(self, conv: nn.Conv2d, out_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.conv = conv.float()
+        self.out_dtype = out_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float()).to(self.out_dtype)
+
+
+class _GenericBF16(nn.Module):
+    """Any model with its weights and activations in bfloat16 except the first conv (the raw
+    image in) and the protected convs (those feeding a PixelShuffle or producing the output),
+    which run in fp32; the output is cast back to fp32."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        from workbench.prune.groups import protected_convs
+
+        x = None
+        first = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None:
+            from workbench.prune.groups import example_input
+
+            x = example_input(model, size=16).contiguous(memory_format=CL)
+        keep = set(protected_convs(model, x)) | ({first} if first else set())
+        self.model = model.to(torch.bfloat16)
+        for name in keep:
+            parent_name, _, leaf = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, leaf, _Fp32Island(getattr(parent, leaf), torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the input stays fp32 up to the first conv (an island): [0, 1] images are not exact in bf16
+        return self.model(x).float()
+
+
+def generic_bf16(model: nn.Module) -> nn.Module:
+    """The ``bf16`` form of any module (see :class:`_GenericBF16`)."""
+    return _GenericBF16(model)
 
 
 class _CudaGraphRunner:
@@ -374,12 +464,10 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
         m = m.to(memory_format=CL)
         return done(m, m, cl=True)
     if mode == "fused":
-        if not _is_rlfn(model):
-            raise WorkbenchError("deploy mode 'fused' rewrites an RLFN's forward; use "
-                                 "channels_last or compile for other models")
+        fam = _family_or_refuse(model, mode)
         m = m.to(memory_format=CL)
         hw = tuple(example_shape[2:]) if example_shape is not None else None
-        fused = _FusedRLFN(m, hw, prepack=True)
+        fused = (fam.fused or generic_fused)(m, hw)
         return done(fused, m, cl=True)
     if mode == "compile":
         import torch._dynamo.config as dynamo_config
@@ -390,11 +478,9 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
         m = m.to(memory_format=CL)
         return done(_frozen_compile(m), m, cl=True)
     if mode == "bf16":
-        if not _is_rlfn(model):
-            raise WorkbenchError("deploy mode 'bf16' splits an RLFN (stem/blocks/upsampler); "
-                                 "use bf16_autocast for other models")
+        fam = _family_or_refuse(model, mode)
         m = m.to(memory_format=CL)
-        mixed = _MixedBF16RLFN(m, channels_last=True)
+        mixed = (fam.bf16 or generic_bf16)(m)
         return done(mixed, mixed, cl=True)
     if mode == "bf16_autocast":
         m = m.to(memory_format=CL)
@@ -439,6 +525,7 @@ def max_gray_diff(model: nn.Module, deployed: nn.Module, images: Iterable[Any], 
     images, ``per_image`` maxima and the fraction of output values that differ at all.
     """
     from workbench.evaluate import image_to_tensor, resolve_device, tensor_to_image
+    from workbench.models.family import run_model
 
     dev = resolve_device(device) if device is not None else torch.device("cpu")
     ref_model = _copy_to(model, dev).float()
@@ -446,8 +533,9 @@ def max_gray_diff(model: nn.Module, deployed: nn.Module, images: Iterable[Any], 
     for img in _as_images(images):
         x = image_to_tensor(img, dev)
         with torch.inference_mode():
-            ref = tensor_to_image(ref_model(x)).astype(np.int16)
-            got = tensor_to_image(deployed(x)).astype(np.int16)
+            # both through the family's input range ([0, 1] for SPAN and DIPNet)
+            ref = tensor_to_image(run_model(ref_model, x)).astype(np.int16)
+            got = tensor_to_image(run_model(deployed, x)).astype(np.int16)
         diff = np.abs(ref - got)
         per_image.append(int(diff.max()))
         differing += int((diff > 0).sum())

@@ -11,6 +11,11 @@ DESCRIPTION = """\
 Search the width specification of an RLFN (trunk width, middle width per block, ESA width, number
 of blocks) for the best trade-off between PSNR and latency measured on this device.
 
+Any family: name channel groups (as 'workbench prune groups' lists them) with group:NAME or a
+pattern with a dot or wildcard, e.g. for span_ch28_x4
+  --space 'block*.mid1=16:28:4' group:feature=20:28:4 blocks=5:6
+(blocks only for families with repeatable blocks: RLFN, DIPNet, SPAN).
+
 Each trial prunes the parent to the sampled widths by channel importance (it inherits the weights),
 fine-tunes it briefly (--finetune-iters, 0 allowed) and scores PSNR-Y on the validation set. Latency
 is measured on a randomly initialised model of the same widths, prepared in the deploy mode users
@@ -57,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="constraint: PSNR-Y >= the parent's PSNR - DB (e.g. 0.1)")
     parser.add_argument("--space", nargs="+", default=["trunk=32:48:8", "mid=24:48:8"],
                         metavar="DIM=LOW:HIGH[:STEP]",
-                        help="search dimensions among trunk, mid, esa, blocks "
+                        help="search dimensions among trunk, mid, esa, blocks (RLFN) or channel "
+                             "groups of any family (group:NAME, or a pattern such as block*.mid1) "
                              "(default: trunk=32:48:8 mid=24:48:8); a single value fixes one")
     parser.add_argument("--per-block", action="store_true",
                         help="sample mid and esa once per block instead of once for all blocks")

@@ -28,7 +28,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 
 __all__ = ["Family", "ModelPreset", "FAMILIES", "register_family", "get_family", "family_of",
-           "family_of_spec", "input_range", "model_input", "model_output", "run_model", "On255", "on_255", "unwrap_wrappers",
+           "family_of_spec", "spec_from_any_dict", "renumber_blocks", "input_range", "model_input", "model_output", "run_model", "On255", "on_255", "unwrap_wrappers",
            "strip_module_prefix"]
 
 
@@ -58,6 +58,15 @@ class Family:
     returns the model with its training-time branches folded (re-parameterisation), or the model
     itself when it is already folded; ``group_name(conv_path)`` turns the module path of a group's
     first producing conv into the family's readable group name (None: use the path).
+
+    Deploy forms (:func:`workbench.deploy.prepare` calls them; None: the generic form, which works
+    for any module): ``fused(model, example_hw)`` returns a module that runs a channels_last
+    fp32 copy of ``model`` with fused oneDNN convs, exact to summation order;
+    ``bf16(model)`` a module that runs its body in bfloat16 with the precision-critical convs
+    (stem, upsampler) in fp32. ``drop_blocks(model, keep)`` (None: the family has no repeatable
+    blocks) returns a new model with only blocks ``keep`` (1-based, increasing) and the spec's
+    ``num_blocks`` blocks; the search's ``blocks`` dimension and the prune stage's
+    ``keep_blocks`` use it.
     """
 
     name: str
@@ -71,6 +80,11 @@ class Family:
     mean: Callable[[Any], tuple[float, ...] | None] = lambda spec: None
     deploy_form: Callable[[nn.Module], nn.Module] = _identity
     group_name: Callable[[str], str | None] | None = None
+    fused: Callable[[nn.Module, Any], nn.Module] | None = None
+    bf16: Callable[[nn.Module], nn.Module] | None = None
+    drop_blocks: Callable[[nn.Module, list], nn.Module] | None = None
+    #: the deploy mode latency is measured in on a CPU unless one is named
+    cpu_default_deploy: str = "channels_last"
     min_lr_size: int = 1
     about: str = ""
 
@@ -134,6 +148,49 @@ def _core(model: nn.Module) -> nn.Module:
         model = inner
         seen += 1
     return model
+
+
+def spec_from_any_dict(data: Mapping[str, Any]) -> Any:
+    """The spec a ``to_dict()`` record describes, whatever its family (the record's ``arch``, and
+    for a wrapped module its ``family``, say which)."""
+    if not isinstance(data, Mapping):
+        raise WorkbenchError(f"a spec record must be a mapping, not {type(data).__name__}")
+    _load_entry_points()
+    if data.get("arch") == "module":
+        return get_family(str(data.get("family"))).spec_from_dict(data)
+    errors = []
+    for fam in FAMILIES.values():
+        try:
+            return fam.spec_from_dict(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            errors.append(f"{fam.name}: {exc}")
+    raise WorkbenchError(f"no model family reads the spec record ({'; '.join(errors)[:300]})")
+
+
+def renumber_blocks(model: nn.Module, keep: list[int], target: Any, *,
+                    prefix: str = "block_") -> nn.Module:
+    """A fresh model of spec ``target`` holding ``model``'s weights with blocks ``keep`` renumbered
+    1..len(keep) (state-dict keys ``<prefix><i>.``) and every other block's weights left out;
+    loaded strictly, so a wiring that does not fit ``target`` fails here."""
+    renumber = {old: new for new, old in enumerate(keep, start=1)}
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(prefix):
+            head, rest = key.split(".", 1)
+            old = int(head[len(prefix):])
+            if old not in renumber:
+                continue
+            key = f"{prefix}{renumber[old]}.{rest}"
+        state[key] = value
+    param = next(model.parameters())
+    fresh = family_of_spec(target).build(target).to(device=param.device, dtype=param.dtype)
+    try:
+        fresh.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        raise WorkbenchError(f"dropping blocks: the kept weights do not fit the new spec "
+                             f"({lines[1] if len(lines) > 1 else lines[0]})") from None
+    return fresh.train(model.training)
 
 
 def family_of(model: nn.Module) -> Family:

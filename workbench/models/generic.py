@@ -21,8 +21,13 @@ For the CLI, an installed package declares the family in the ``workbench.familie
 group (the entry point names a Family, or a function returning one); nothing a recipe names is
 ever imported.
 
+Deploy: ``fused`` and ``bf16`` use the generic forms of :mod:`workbench.deploy` (torch.fx conv +
+activation fusion; a bf16 body with the first and the protected convs in fp32). The width search
+works on the derived groups (``--space 'body.*.conv1=4:8:2'``).
+
 Limits: channel splits with sizes fixed in the forward (``torch.split(x, (4, 12))``) cannot shrink
-consistently; dropping blocks and the width search are RLFN-only.
+consistently; a wrapped module declares no repeatable blocks (no ``blocks`` search dimension, no
+``keep_blocks``).
 """
 from __future__ import annotations
 

@@ -177,6 +177,10 @@ class RLFNSpec:
     def num_blocks(self) -> int:
         return len(self.blocks)
 
+    def with_blocks(self, keep: list[int]) -> "RLFNSpec":
+        """The spec with only blocks ``keep`` (1-based, increasing), renumbered from 1."""
+        return replace(self, blocks=tuple(self.blocks[k - 1] for k in keep))
+
     def with_widths(self, widths: Mapping[str, int]) -> "RLFNSpec":
         """A copy with some groups set to new widths (names as in :func:`group_widths`)."""
         current = group_widths(self)
@@ -476,9 +480,123 @@ def claims_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     return "conv_1.weight" in state and "block_1.c1_r.weight" in state
 
 
+# -- deploy forms (workbench.deploy calls them through the family) ------------------------------
+
+class MixedBF16RLFN(nn.Module):
+    """RLFN with its blocks in bfloat16 and the stem, long skip and upsampler in fp32."""
+
+    def __init__(self, model: nn.Module, channels_last: bool) -> None:
+        super().__init__()
+        self.conv_1 = model.conv_1
+        self.body = nn.ModuleList(model.blocks()).to(torch.bfloat16)
+        self.conv_2 = model.conv_2
+        self.upsampler = model.upsampler
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature = self.conv_1(x)
+        out = feature.to(torch.bfloat16)
+        for block in self.body:
+            out = block(out)
+        out = self.conv_2(out.float().contiguous(memory_format=self.fmt)) + feature
+        return self.upsampler(out)
+
+
+class FusedRLFN(nn.Module):
+    """RLFN forward for CPU inference with oneDNN post-op fusion and in-place elementwise ops.
+
+    Each conv runs as one oneDNN primitive on channels_last tensors with its LeakyReLU (block
+    convs) or sigmoid (ESA conv4) fused, 1x1 convs kept on oneDNN (eager dispatches them to a
+    slow im2col path in channels_last), the residual adds, ESA's add and the mask multiply done
+    in place, and pixel shuffle done as one NHWC copy. (A sum post-op for conv_2 + skip measured
+    no faster than conv then add_.) Arithmetic is eager fp32's up to summation order.
+    """
+
+    def __init__(self, model: nn.Module, example_hw: tuple[int, int] | None, prepack: bool) -> None:
+        from workbench.deploy import _PackedConv
+
+        super().__init__()
+        self.scale = int(model.scale)
+        self.slope = float(model.blocks()[0].act.negative_slope)
+        hw = example_hw
+
+        def packed(conv: nn.Conv2d, at: tuple[int, int] | None) -> "_PackedConv":
+            return _PackedConv(conv, at, prepack)
+
+        self.conv_1 = packed(model.conv_1, hw)
+        self.blocks_ = []
+        for blk in model.blocks():
+            esa = blk.esa
+            self.blocks_.append({
+                "c1": packed(blk.c1_r, hw), "c2": packed(blk.c2_r, hw), "c3": packed(blk.c3_r, hw),
+                "c5": packed(blk.c5, hw), "conv1": packed(esa.conv1, hw),
+                "conv_f": packed(esa.conv_f, hw), "conv2": packed(esa.conv2, hw),
+                # conv3 runs on the small pooled map: no size hint for its weight layout
+                "conv3": _PackedConv(esa.conv3, None, False), "conv4": packed(esa.conv4, hw),
+            })
+        self.conv_2 = packed(model.conv_2, hw)
+        self.up = packed(model.upsampler[0], hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        act = ("leaky_relu", [self.slope])
+        feature = self.conv_1(x)
+        out = feature
+        for b in self.blocks_:
+            inp = out
+            out = b["c1"](inp, *act)
+            out = b["c2"](out, *act)
+            out = b["c3"](out, *act)
+            out.add_(inp)
+            c5 = b["c5"](out)
+            reduced = b["conv1"](c5)
+            pooled = F.max_pool2d(b["conv2"](reduced), kernel_size=7, stride=3)
+            up = F.interpolate(b["conv3"](pooled), size=c5.shape[2:], mode="bilinear",
+                               align_corners=False)
+            up.add_(b["conv_f"](reduced))
+            out = b["conv4"](up, "sigmoid").mul_(c5)
+        out = self.conv_2(out).add_(feature)
+        from workbench.deploy import _pixel_shuffle_nhwc
+
+        return _pixel_shuffle_nhwc(self.up(out), self.scale)
+
+
+def fused_form(model: RLFN, example_hw: tuple[int, int] | None) -> nn.Module:
+    """The ``fused`` deploy form: :class:`FusedRLFN` on a channels_last copy's weights."""
+    return FusedRLFN(model, example_hw, prepack=True)
+
+
+def bf16_form(model: RLFN) -> nn.Module:
+    """The ``bf16`` deploy form: blocks in bfloat16, stem, long skip and upsampler in fp32."""
+    return MixedBF16RLFN(model, channels_last=True)
+
+
+def drop_blocks(model: RLFN, keep: list[int]) -> RLFN:
+    """Keep blocks ``keep`` (1-based, increasing, checked by the caller); the last kept block
+    feeds conv_2, whose weights read its output channels in place of the old last block's."""
+    from workbench.errors import WorkbenchError
+    from workbench.models.family import renumber_blocks
+
+    spec = model.spec
+    kept = [spec.blocks[k - 1] for k in keep]
+    if kept[-1].out != spec.blocks[-1].out:
+        raise WorkbenchError(f"cannot drop blocks: block {keep[-1]} outputs {kept[-1].out} channels "
+                             f"but conv_2 reads {spec.blocks[-1].out}; make them equal first")
+    inputs = [spec.trunk] + [b.out for b in spec.blocks[:-1]]   # what each block reads
+    feeds = spec.trunk
+    for k in keep:
+        if inputs[k - 1] != feeds:
+            raise WorkbenchError(f"cannot drop blocks: block {k} reads {inputs[k - 1]} channels but "
+                                 f"would be fed {feeds}; make the widths equal first")
+        feeds = spec.blocks[k - 1].out
+    return renumber_blocks(model, keep, spec.with_blocks(keep))
+
+
 FAMILY = register_family(Family(
     name="rlfn", spec_type=RLFNSpec, build=lambda spec: RLFN(spec),
     spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
     claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: spec.input_range,
-    group_name=rlfn_group_name, min_lr_size=MIN_LR_SIZE,
+    group_name=rlfn_group_name, min_lr_size=MIN_LR_SIZE, fused=fused_form, bf16=bf16_form,
+    drop_blocks=drop_blocks, cpu_default_deploy="fused",
     about="RLFN and RLFN-shaped networks (RLFN, RLFN-S, the NTIRE 2022 model, DIPNet)"))

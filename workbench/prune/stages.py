@@ -200,8 +200,9 @@ class PruneConfig:
     criterion: str = field(default="output", metadata={"help": "channel importance criterion",
                                                        "choices": CRITERIA})
     keep_blocks: list[int] | None = field(default=None, metadata={
-        "help": "keep only these blocks (1-based, increasing), e.g. [1, 2, 3, 5]; the last kept block "
-                "feeds conv_2 (a fine-tune must follow)"})
+        "help": "keep only these blocks (1-based, increasing), e.g. [1, 2, 3, 5], for a family with "
+                "repeatable blocks (RLFN, DIPNet, SPAN); the last kept block feeds conv_2 (SPAN: "
+                "also conv_cat's tapped slice); a fine-tune must follow"})
 
     def validate(self) -> list[str]:
         if self.trunk is None and not self.targets and not self.keep_blocks:

@@ -108,8 +108,9 @@ def prune_to_widths(model: RLFN, widths: Mapping[str, int], *, criterion: str = 
 
 def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[int] | None = None,
                 inplace: bool = False) -> RLFN:
-    """Keep the first ``num_blocks`` blocks, or the blocks numbered ``keep`` (1-based, in order);
-    the last kept block then feeds conv_2.
+    """Keep the first ``num_blocks`` blocks, or the blocks numbered ``keep`` (1-based, in order),
+    through the family's ``drop_blocks`` (RLFN: the last kept block then feeds conv_2; SPAN: the
+    last kept block feeds conv_2 and conv_cat's tapped slice).
 
     conv_2 keeps its weights, reading the last kept block's output channels in place of the
     dropped last block's (channel j for channel j). This changes what the network computes (the
@@ -118,10 +119,13 @@ def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[in
     kept blocks to chain (each one's input width is the previous kept one's output width, true
     for every released model); otherwise prune first.
     """
+    from workbench.models.family import family_of
+
     spec = model.spec
-    if not isinstance(spec, RLFNSpec):
-        raise WorkbenchError(f"dropping blocks is implemented for RLFN-shaped models only, not "
-                             f"{type(spec).__name__}")
+    fam = family_of(model)
+    if fam.drop_blocks is None:
+        raise WorkbenchError(f"model family {fam.name!r} declares no repeatable blocks: its blocks "
+                             f"cannot be dropped")
     n = spec.num_blocks
     if keep is None:
         if num_blocks is None or not 1 <= num_blocks <= n:
@@ -132,32 +136,7 @@ def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[in
         raise WorkbenchError(f"blocks to keep must be increasing numbers in 1..{n}, got {keep}")
     if keep == list(range(1, n + 1)):
         return model if inplace else copy.deepcopy(model)
-    kept = [spec.blocks[k - 1] for k in keep]
-    if kept[-1].out != spec.blocks[-1].out:
-        raise WorkbenchError(f"cannot drop blocks: block {keep[-1]} outputs {kept[-1].out} channels "
-                             f"but conv_2 reads {spec.blocks[-1].out}; make them equal first")
-    inputs = [spec.trunk] + [b.out for b in spec.blocks[:-1]]   # what each block reads
-    feeds = spec.trunk
-    for k in keep:
-        if inputs[k - 1] != feeds:
-            raise WorkbenchError(f"cannot drop blocks: block {k} reads {inputs[k - 1]} channels but "
-                                 f"would be fed {feeds}; make the widths equal first")
-        feeds = spec.blocks[k - 1].out
-    target = replace(spec, blocks=tuple(kept))
-    renumber = {old: new for new, old in enumerate(keep, start=1)}
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("block_"):
-            head, rest = key.split(".", 1)
-            old = int(head[len("block_"):])
-            if old not in renumber:
-                continue
-            key = f"block_{renumber[old]}.{rest}"
-        state[key] = value
-    param = next(model.parameters())
-    fresh = RLFN(target).to(device=param.device, dtype=param.dtype)
-    fresh.load_state_dict(state, strict=True)
-    return fresh.train(model.training)
+    return fam.drop_blocks(model, keep)
 
 
 def prune_to_spec(model: RLFN, target: RLFNSpec, *, criterion: str = "l1") -> RLFN:

@@ -18,7 +18,10 @@ Why each part exists:
   ``workbench.profiling.spread``), or the NTIRE protocol over a folder of full images
   (``ntire_latency``).
 - **Weights do not matter.** Latency depends on the widths, not the values, so a randomly initialised
-  model of the spec is timed; the cache key is the spec.
+  model of the spec is timed; the cache key is the spec (:func:`workbench.search.space.spec_key`:
+  RLFN's width key, ``<family>:<spec JSON>`` for every other family). The isolated worker rebuilds
+  a spec from its record (:func:`workbench.models.family.spec_from_any_dict`), so a family
+  registered only in this process's Python (not by an entry point) is timed with ``isolate=False``.
 - **Cache.** One SQLite file per machine (default ``~/.cache/workbench/latency.sqlite``; override with
   ``WORKBENCH_LATENCY_CACHE`` or ``cache_path``), keyed by the exact hardware
   (:func:`workbench.profiling.hardware_key`: CPU vendor, family, model, stepping and a hash of
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from workbench.errors import WorkbenchError
+from workbench.models.family import spec_from_any_dict
 from workbench.models.rlfn import RLFNSpec
 from workbench.search.space import spec_key
 
@@ -351,9 +355,9 @@ def _worker_main(conn, settings_dict: dict[str, Any]) -> None:
         op, payload = message
         try:
             if op == "measure":
-                conn.send(("ok", measure_spec(RLFNSpec.from_dict(payload), settings)))
+                conn.send(("ok", measure_spec(spec_from_any_dict(payload), settings)))
             elif op == "compare":
-                specs = {n: RLFNSpec.from_dict(d) for n, d in payload["specs"].items()}
+                specs = {n: spec_from_any_dict(d) for n, d in payload["specs"].items()}
                 conn.send(("ok", compare_specs(specs, settings, rounds=payload.get("rounds", 5),
                                                per_round=payload.get("per_round"))))
             else:
@@ -385,8 +389,8 @@ class LatencyMeasurer:
     def _request(self, op: str, payload: Any) -> Any:
         if not self.settings.isolate:
             if op == "measure":
-                return measure_spec(RLFNSpec.from_dict(payload), self.settings)
-            specs = {n: RLFNSpec.from_dict(d) for n, d in payload["specs"].items()}
+                return measure_spec(spec_from_any_dict(payload), self.settings)
+            specs = {n: spec_from_any_dict(d) for n, d in payload["specs"].items()}
             return compare_specs(specs, self.settings, rounds=payload.get("rounds", 5),
                                  per_round=payload.get("per_round"))
         if self._proc is None or not self._proc.is_alive():

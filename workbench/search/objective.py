@@ -226,7 +226,7 @@ class DefaultEvaluator:
     def build(self, spec: "RLFNSpec") -> "RLFN":
         """The parent pruned to ``spec``: fewer blocks keep the first ones, then every group keeps
         its most important channels (ranked once, on the parent)."""
-        from workbench.models.rlfn import group_widths
+        from workbench.models import group_widths
         from workbench.prune.surgery import drop_blocks, prune_to_widths
 
         work = self.parent
@@ -274,7 +274,7 @@ def parent_scores(parent: "RLFN", *, criterion: str, names: Sequence[str] | None
     groups already in it are not computed again)."""
     import json
 
-    from workbench.models.rlfn import group_widths
+    from workbench.models import group_widths
     from workbench.prune.surgery import group_importance
 
     widths = group_widths(parent.spec)

@@ -240,14 +240,14 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
                   compare_rounds: int = 5) -> dict[str, Any]:
     """Write every result file into ``job.out_dir``; returns the summary (also summary.json)."""
     from workbench.artifacts import atomic_write_bytes, atomic_write_json
-    from workbench.models.rlfn import RLFNSpec
+    from workbench.models.family import spec_from_any_dict
     from workbench.search.space import spec_summary
 
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     attrs = dict(study.user_attrs)
     if "parent_spec" in attrs:
-        attrs["parent_summary"] = spec_summary(RLFNSpec.from_dict(attrs["parent_spec"]))
+        attrs["parent_summary"] = spec_summary(spec_from_any_dict(attrs["parent_spec"]))
     rows = trial_rows(study)
     front = front_rows(rows)
     best = select_best(rows, job, attrs)
@@ -299,10 +299,10 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
             summary["best"]["artifact"] = str(export_best(best, job, attrs, dest))
             summary["files"].append(str(dest))
         if measurer is not None and "parent_spec" in attrs:
-            specs = {"parent": RLFNSpec.from_dict(attrs["parent_spec"]),
-                     "best": RLFNSpec.from_dict(study.trials[best.number].user_attrs["spec"])}
+            specs = {"parent": spec_from_any_dict(attrs["parent_spec"]),
+                     "best": spec_from_any_dict(study.trials[best.number].user_attrs["spec"])}
             if attrs.get("reference_spec"):
-                specs["reference"] = RLFNSpec.from_dict(attrs["reference_spec"])
+                specs["reference"] = spec_from_any_dict(attrs["reference_spec"])
             from workbench.search.space import spec_key
 
             distinct: dict[str, str] = {}   # spec key -> first name: equal widths are timed once

@@ -42,7 +42,8 @@ class SearchStageConfig:
     psnr_drop: float | None = field(default=None, metadata={
         "help": "constraint: PSNR-Y >= parent's PSNR - this (dB)", "min": 0})
     space: dict[str, Any] = field(default_factory=_default_space, metadata={
-        "help": "dimension -> 'LOW:HIGH:STEP' (or one width) for trunk, mid, esa, blocks"})
+        "help": "dimension -> 'LOW:HIGH:STEP' (or one width) for trunk, mid, esa, blocks (RLFN), "
+                "channel-group patterns ('block*.mid1') or groups: {NAME: RANGE} (any family)"})
     per_block: bool = field(default=False, metadata={"help": "sample mid and esa per block"})
     finetune_iters: int = field(default=0, metadata={
         "help": "fine-tune iterations per candidate (0: score the pruned model)", "min": 0})
