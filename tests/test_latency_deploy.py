@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import workbench.deploy as deploy
-import workbench.profiling as profiling
+import workbench.measure.deploy as deploy
+import workbench.measure.profiling as profiling
 from workbench.cli import main
 from workbench.data.benchmark import load_set
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.search.latency import (LatencyMeasurer, LatencySettings, cache_key_fields,
                                       device_name, measure_spec)
 
@@ -105,7 +105,7 @@ def test_latency_settings_modes():
 
 
 class _Recorder:
-    """Wraps workbench.deploy.prepare: records each requested mode, optionally runs another."""
+    """Wraps workbench.measure.deploy.prepare: records each requested mode, optionally runs another."""
 
     def __init__(self, monkeypatch, run_as: str | None = None) -> None:
         self.modes: list[str] = []
@@ -285,8 +285,8 @@ def test_eval_deploy_bf16_reports_the_judgement(tmp_path, capsys):
 
 
 def test_stage_configs_take_a_deploy_mode():
-    from workbench.prune.stages import SensitivityConfig
-    from workbench.search.stages import SearchStageConfig
+    from workbench.stages.prune import SensitivityConfig
+    from workbench.stages.search import SearchStageConfig
 
     assert SearchStageConfig(deploy="fused").validate() == []
     assert any("deploy" in p for p in SearchStageConfig(deploy="warp").validate())

@@ -44,11 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from workbench.artifacts import load_model
-    from workbench.errors import WorkbenchError
+    from workbench.models.artifacts import load_model
+    from workbench.core.errors import WorkbenchError
     from workbench.prune.export import check_onnx, export_onnx
 
-    from workbench.outputs import check_output_file
+    from workbench.core.outputs import check_output_file
     from workbench.prune.export import check_opset
 
     check_opset(args.opset)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 HELP = "search channel widths for the best PSNR/latency trade-off on this device (Optuna)"
 
@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="precision timed (default float32)")
     parser.add_argument("--deploy", default=None, metavar="MODE",
-                        help="deploy mode the candidates are timed in (workbench.deploy: eager, "
+                        help="deploy mode the candidates are timed in (workbench.measure.deploy: eager, "
                              "channels_last, fused, compile, bf16, fp16, cuda_graph ...; default: "
                              "the device's fastest fp32 mode, fused on CPU, cuda_graph on GPU); "
                              "compile compiles every candidate afresh (seconds each)")
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.search.study import run_search
 
     check_leakage(args)
-    from workbench.outputs import check_output_dir, check_output_file
+    from workbench.core.outputs import check_output_dir, check_output_file
 
     check_output_file(args.latency_cache, "--latency-cache")
     check_output_dir(args.out, "--out")

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pairs (baseline, pruned) timed interleaved per pruned model; the "
                              "ratio's median and p10-p90 come from them (default 5)")
     parser.add_argument("--deploy", default=None, metavar="MODE",
-                        help="deploy mode the latency is measured in (workbench.deploy: eager, "
+                        help="deploy mode the latency is measured in (workbench.measure.deploy: eager, "
                              "channels_last, fused, compile, bf16 ...; default: the device's "
                              "fastest fp32 mode, fused on CPU)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
@@ -75,10 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
     from workbench.data.benchmark import load_set
-    from workbench.errors import WorkbenchError
-    from workbench.profiling import parse_shape
+    from workbench.core.errors import WorkbenchError
+    from workbench.measure.profiling import parse_shape
     from workbench.prune.sensitivity import analyze, format_ranking, write_outputs
 
     if args.threads is not None:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.latency_repeats < 1:
         raise WorkbenchError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
-    from workbench.outputs import check_output_dir
+    from workbench.core.outputs import check_output_dir
 
     check_output_dir(args.out, "--out")
     latency_shape = parse_shape(args.latency_shape)

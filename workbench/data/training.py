@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from workbench.data.benchmark import check_pair_sizes, lr_file_for
 from workbench.data.images import image_size, list_images, mod_crop, read_image
 from workbench.data.imresize import downscale
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
@@ -196,7 +196,7 @@ class PatchDataset(Dataset):
     def _check_and_load(self) -> None:
         """Check every size from the file headers first (an error costs no decoding), then
         decode the images into memory when caching."""
-        from workbench.progress import tqdm
+        from workbench.core.progress import tqdm
 
         s, p = self.scale, self.patch_size
         for k, hr_file in enumerate(self.hr_files):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 __all__ = ["Family", "ModelPreset", "FAMILIES", "register_family", "get_family", "family_of",
            "family_of_spec", "input_range", "model_input", "model_output", "run_model", "On255", "on_255", "unwrap_wrappers",
@@ -125,7 +125,7 @@ def family_of_spec(spec: Any) -> Family:
 
 def _core(model: nn.Module) -> nn.Module:
     """The model under DDP/DataParallel (``.module``), torch.compile (``._orig_mod``) or a
-    :class:`workbench.deploy.Deployed` wrapper (``.module``)."""
+    :class:`workbench.measure.deploy.Deployed` wrapper (``.module``)."""
     seen = 0
     while not hasattr(model, "spec") and seen < 4:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)

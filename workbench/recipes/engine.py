@@ -44,9 +44,9 @@ from typing import Any, Mapping
 
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.recipes.loader import Recipe, StagePlan
-from workbench.recipes.registry import StageContext, StageResult, get_stage
+from workbench.stages.registry import StageContext, StageResult, get_stage
 
 log = logging.getLogger("workbench")
 
@@ -59,7 +59,7 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from workbench.progress import tqdm
+            from workbench.core.progress import tqdm
 
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
@@ -127,7 +127,7 @@ def _initial_model_ref(recipe: Recipe, run_dir: Path, *, main: bool) -> str:
     model = recipe.config.model
     if not isinstance(model, Mapping):
         return str(model)
-    from workbench.artifacts import make_lineage, save_artifact
+    from workbench.models.artifacts import make_lineage, save_artifact
     from workbench.models import RLFNSpec, build_model
 
     target = run_dir / "model-init"
@@ -194,7 +194,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
     second run on the same folder stops at once with the holder's pid instead of training the
     same stage in parallel or clearing the stage the first one is training.
     """
-    from workbench.locks import exclusive_lock
+    from workbench.core.locks import exclusive_lock
 
     run_dir = Path(run_dir)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -208,7 +208,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
 
 def _run_recipe(recipe: Recipe, *, run_dir: Path, from_id: str | None, device: str | None,
                 progress: bool) -> list[dict[str, Any]]:
-    from workbench.artifacts import atomic_write_bytes, atomic_write_json
+    from workbench.models.artifacts import atomic_write_bytes, atomic_write_json
     from workbench.train import distributed
 
     dev = resolve_device(device or recipe.config.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
@@ -312,9 +312,9 @@ class _LazyWriter:
 def _run_stage(recipe: Recipe, plan: StagePlan, *, stage_dir: Path, run_dir: Path, parent: Path | None,
                model_ref: str, device: torch.device, dist_info: Any, progress: bool, fingerprint: str,
                total: int) -> dict[str, Any]:
-    from workbench.artifacts import atomic_write_json
+    from workbench.models.artifacts import atomic_write_json
     from workbench.recipes.loader import to_plain
-    from workbench.recipes.stage_utils import seed_everything, stage_seed
+    from workbench.stages.utils import seed_everything, stage_seed
     from workbench.train import distributed
 
     main = dist_info.is_main

@@ -8,20 +8,20 @@ Why each part exists:
   (:class:`DeviceLock`): a measurement waits until no search worker on this machine is training,
   and training waits while a measurement runs. A turnstile keeps measurements from starving.
 - **The deployed model.** Each candidate is timed as it would be deployed: prepared by
-  :func:`workbench.deploy.prepare` in a named mode (``deploy``; default the fastest fp32 mode of
-  the device, :func:`workbench.deploy.default_mode`: ``fused`` on CPU, ``cuda_graph`` on GPU),
+  :func:`workbench.measure.deploy.prepare` in a named mode (``deploy``; default the fastest fp32 mode of
+  the device, :func:`workbench.measure.deploy.default_mode`: ``fused`` on CPU, ``cuda_graph`` on GPU),
   because the width/latency staircase of eager PyTorch is not that of the deployed path. In
-  ``compile`` mode each candidate is compiled afresh (:func:`workbench.deploy.fresh_compile`), so
+  ``compile`` mode each candidate is compiled afresh (:func:`workbench.measure.deploy.fresh_compile`), so
   dynamo's recompile limit never silently turns later candidates eager.
 - **Statistics.** Warm-up runs, device synchronisation (CUDA events on a GPU), the median and p90 of
-  the repeats (``workbench.profiling.measure_latency``; every percentile comes from
-  ``workbench.profiling.spread``), or the NTIRE protocol over a folder of full images
+  the repeats (``workbench.measure.profiling.measure_latency``; every percentile comes from
+  ``workbench.measure.profiling.spread``), or the NTIRE protocol over a folder of full images
   (``ntire_latency``).
 - **Weights do not matter.** Latency depends on the widths, not the values, so a randomly initialised
   model of the spec is timed; the cache key is the spec.
 - **Cache.** One SQLite file per machine (default ``~/.cache/workbench/latency.sqlite``; override with
   ``WORKBENCH_LATENCY_CACHE`` or ``cache_path``), keyed by the exact hardware
-  (:func:`workbench.profiling.hardware_key`: CPU vendor, family, model, stepping and a hash of
+  (:func:`workbench.measure.profiling.hardware_key`: CPU vendor, family, model, stepping and a hash of
   its flags; GPU name, driver, CUDA and cuDNN), deploy mode, spec key, input shape, dtype,
   threads, torch version and protocol, shared by every study and process (SQLite's own locking; a
   measurement re-checks the cache after taking the device lock, so two workers never measure the
@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.rlfn import RLFNSpec
 from workbench.search.space import spec_key
 
@@ -57,9 +57,9 @@ def default_cache_path() -> Path:
 
 def device_name(device: str) -> str:
     """What identifies the hardware a latency belongs to, exactly (the cache key's ``device``):
-    see :func:`workbench.profiling.hardware_key`. A CPU model name alone is not enough (two
+    see :func:`workbench.measure.profiling.hardware_key`. A CPU model name alone is not enough (two
     different EPYCs both read "AMD EPYC" under KVM)."""
-    from workbench.profiling import hardware_key
+    from workbench.measure.profiling import hardware_key
 
     return hardware_key(device)
 
@@ -91,12 +91,12 @@ class LatencySettings:
     isolate: bool = True                # measure in a worker subprocess (False: in this process)
     statistic: str = "median"           # what the search optimises: median (default) or min of the
                                         # repeats (min resists other processes' load on a shared machine)
-    deploy: str | None = None           # deploy mode timed (workbench.deploy); None: the device's
+    deploy: str | None = None           # deploy mode timed (workbench.measure.deploy); None: the device's
                                         # fastest fp32 mode (default_mode), or eager when dtype is not
                                         # float32 (the model cast to dtype, as is)
 
     def __post_init__(self) -> None:
-        from workbench.deploy import MODES, available_modes, default_mode
+        from workbench.measure.deploy import MODES, available_modes, default_mode
 
         if self.dtype not in DTYPES:
             raise WorkbenchError(f"latency dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -253,13 +253,13 @@ def timed_model(spec: RLFNSpec, settings: LatencySettings, *, fresh: bool = True
     """A randomly initialised model of ``spec`` as ``settings.deploy`` deploys it.
 
     Returns ``(model, prepared)``: in ``eager`` mode the bare model cast to ``settings.dtype``
-    (``prepared`` False), otherwise a :class:`workbench.deploy.Deployed` that takes float32.
+    (``prepared`` False), otherwise a :class:`workbench.measure.deploy.Deployed` that takes float32.
     ``compile`` starts from a clean dynamo state unless ``fresh`` is False (the caller then
     makes room for several compiled models at once).
     """
     import torch
 
-    from workbench.deploy import fresh_compile, prepare
+    from workbench.measure.deploy import fresh_compile, prepare
     from workbench.models import build_model
 
     torch.manual_seed(0)
@@ -278,7 +278,7 @@ def measure_spec(spec: RLFNSpec, settings: LatencySettings) -> dict[str, Any]:
     (in its deploy mode; see :func:`timed_model`)."""
     import torch
 
-    from workbench.profiling import measure_latency, ntire_latency
+    from workbench.measure.profiling import measure_latency, ntire_latency
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
@@ -313,8 +313,8 @@ def compare_specs(specs: Mapping[str, RLFNSpec], settings: LatencySettings, *, r
     """
     import torch
 
-    from workbench.deploy import fresh_compile
-    from workbench.profiling import interleaved_times, spread
+    from workbench.measure.deploy import fresh_compile
+    from workbench.measure.profiling import interleaved_times, spread
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
@@ -468,7 +468,7 @@ class LatencyMeasurer:
                 todo.setdefault(spec_key(spec), spec)
         if not todo:
             return 0
-        from workbench.profiling import spread
+        from workbench.measure.profiling import spread
 
         if self.settings.ntire_folder:
             for spec in todo.values():

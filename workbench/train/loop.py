@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.family import run_model
 from workbench.train import distributed
 from workbench.train.losses import build_loss
@@ -249,8 +249,8 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a periodic training checkpoint (weights_only) or raise a one-line WorkbenchError."""
-    from workbench.artifacts import _torch_load
-    from workbench.errors import ArtifactError
+    from workbench.models.artifacts import _torch_load
+    from workbench.core.errors import ArtifactError
 
     try:
         ckpt = _torch_load(Path(path))
@@ -272,7 +272,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _write_checkpoint(path: Path, payload: dict[str, Any], *, previous_iteration: int | None) -> None:
-    from workbench.artifacts import atomic_torch_save
+    from workbench.models.artifacts import atomic_torch_save
 
     try:
         atomic_torch_save(payload, path)
@@ -415,7 +415,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
 
     bar = None
     if progress and dist_info.is_main and settings.iterations > start:
-        from workbench.progress import tqdm
+        from workbench.core.progress import tqdm
 
         bar = tqdm(total=settings.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                    leave=True)

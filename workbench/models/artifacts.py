@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 
 from workbench import __version__
-from workbench.errors import ArtifactError, WorkbenchError, WriteError
+from workbench.core.errors import ArtifactError, WorkbenchError, WriteError
 from workbench.models import (FAMILIES, RLFN, RLFNSpec, build_model, create_model, family_of,
                               family_of_spec, get_family, parse_model_name, preset_family)
 
@@ -471,11 +471,11 @@ def _from_meta(path: Path, meta: Any, state: Any, sha: str | None) -> Artifact:
 def _attach_quantization(path: Path, meta: Mapping[str, Any], art: Artifact) -> None:
     """An int8 artifact (``config.quantization`` and ``quant.pt``): load the quantization state
     (weights_only, hash-checked) and attach it to the model as ``model.quantization`` for
-    :func:`workbench.deploy.prepare` (mode ``int8``); the fp32 weights load as usual."""
+    :func:`workbench.measure.deploy.prepare` (mode ``int8``); the fp32 weights load as usual."""
     qmeta = (meta.get("config") or {}).get("quantization")
     if not qmeta:
         return
-    from workbench.quantize import QUANT_FILE, load_quant_state
+    from workbench.measure.quantize import QUANT_FILE, load_quant_state
 
     qpath = path / qmeta.get("file", QUANT_FILE)
     if not qpath.is_file():

@@ -1,4 +1,4 @@
-"""Recipe stages of workbench.search (registered with workbench.recipes.registry.register_stage).
+"""Recipe stages of workbench.search (registered with workbench.stages.registry.register_stage).
 
 ``search``: a latency-aware width search (see :mod:`workbench.search.study`) from the previous
 stage's artifact; its output artifact is the selected configuration, so the next stage (the L2
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import WorkbenchError
-from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.core.errors import WorkbenchError
+from workbench.stages.registry import StageContext, StageResult, register_stage
 
 log = logging.getLogger("workbench.search")
 
@@ -105,7 +105,7 @@ class SearchStageConfig:
         except WorkbenchError as exc:
             problems.append(f"space: {exc}")
         if self.deploy is not None:
-            from workbench.deploy import MODES
+            from workbench.measure.deploy import MODES
 
             if self.deploy not in MODES:
                 problems.append(f"deploy: unknown mode {self.deploy!r}; modes: {', '.join(MODES)}")
@@ -117,7 +117,7 @@ class SearchStageConfig:
         return problems
 
     def validate_in(self, recipe: Any) -> list[str]:
-        from workbench.recipes.stage_utils import patch_size_problems
+        from workbench.stages.utils import patch_size_problems
 
         problems = patch_size_problems(self.patch_size, recipe.scale)
         if self.finetune_iters > 0 and not recipe.data.train:
@@ -139,7 +139,7 @@ def job_for_stage(cfg: SearchStageConfig, ctx: StageContext) -> Any:
     train_files: tuple[str, ...] = ()
     train_lr: tuple[str, ...] | None = None
     if cfg.finetune_iters > 0:
-        from workbench.recipes.stage_utils import train_sources, training_files
+        from workbench.stages.utils import train_sources, training_files
 
         hr, lr = training_files(train_sources(ctx), scale=ctx.scale)
         train_files = tuple(str(p) for p in hr)

@@ -2,7 +2,7 @@
 
 ``method: qat`` (default) fine-tunes with fake quantization: the model is exported and prepared
 with torchao's PT2E QAT flow (X86InductorQuantizer, per-channel int8 weights, uint8 activations;
-the stem and upsampler convs stay fp32, :class:`workbench.quantize.QuantConfig`), then trained
+the stem and upsampler convs stay fp32, :class:`workbench.measure.quantize.QuantConfig`), then trained
 with Adam on L1 distillation from the fp32 parent -- the student's SR against the teacher's SR on
 the same LR patch, so it learns to reproduce the parent, not to re-fit the training set -- plus
 an optional L1 to the HR patch. The observers stop moving after ``freeze_observers`` of the
@@ -11,8 +11,8 @@ iterations, so the last steps train the weights for the ranges that conversion w
 
 The artifact holds the fine-tuned fp32 weights (``model.pt``, loadable as an ordinary fp32
 model), the observers' state (``quant.pt``, tensors only) and the config (``artifact.json``
-``config.quantization``); :func:`workbench.artifacts.load_artifact` reattaches the state and
-:func:`workbench.deploy.prepare` (mode ``int8``) converts and compiles it. Metrics: PSNR-Y of the
+``config.quantization``); :func:`workbench.models.artifacts.load_artifact` reattaches the state and
+:func:`workbench.measure.deploy.prepare` (mode ``int8``) converts and compiles it. Metrics: PSNR-Y of the
 int8 model (the converted graph, evaluated as quantize/dequantize arithmetic) and of the parent
 on the recipe's validation set.
 
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.stages.registry import StageContext, StageResult, register_stage
 from workbench.recipes.schema import TrainSource
 
 log = logging.getLogger("workbench.quantize")
@@ -72,7 +72,7 @@ class QuantizeConfig:
             problems.append("data: quantize needs training images (calibration / QAT): set "
                             "data.train in the recipe or data in the stage")
         if self.method == "qat":
-            from workbench.recipes.stage_utils import patch_size_problems
+            from workbench.stages.utils import patch_size_problems
 
             problems += patch_size_problems(self.patch_size, recipe.scale)
         return problems
@@ -104,7 +104,7 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.fake_quantize import disable_observer
 
-    from workbench.quantize import export_model, make_quantizer
+    from workbench.measure.quantize import export_model, make_quantizer
     from workbench.train.loop import TrainingDiverged
 
     torch.manual_seed(seed)
@@ -115,7 +115,7 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     from torchao.quantization.pt2e import quantize_pt2e
 
     gm = export_model(parent_model, example, dynamic=False)
-    from workbench.quantize import skipped_modules
+    from workbench.measure.quantize import skipped_modules
 
     student = quantize_pt2e.prepare_qat_pt2e(gm, make_quantizer(qcfg, skipped_modules(parent_model, qcfg)))
     move_exported_model_to_train(student)
@@ -153,13 +153,13 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
 def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     import torch
 
-    from workbench.artifacts import make_lineage
+    from workbench.models.artifacts import make_lineage
     from workbench.data.training import PatchDataset
     from workbench.models import build_model
-    from workbench.quantize import (QuantConfig, calibrate, calibration_crops, convert,
+    from workbench.measure.quantize import (QuantConfig, calibrate, calibration_crops, convert,
                                     prepare_model, quant_state, save_int8_artifact)
     from workbench.recipes.loader import to_plain
-    from workbench.recipes.stage_utils import (is_main, stage_seed, train_sources,
+    from workbench.stages.utils import (is_main, stage_seed, train_sources,
                                                training_files)
 
     parent = ctx.load_parent()
@@ -173,7 +173,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
         patch = cfg.patch_size
         usable = [i for i, f in enumerate(hr_files) if min(_size(f)) >= patch]
         if not usable:
-            from workbench.errors import WorkbenchError
+            from workbench.core.errors import WorkbenchError
 
             raise WorkbenchError(f"quantize: no training image holds a {patch}x{patch} patch "
                                  f"({len(hr_files)} images); lower patch_size")
@@ -222,8 +222,8 @@ def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str
     """PSNR-Y of the converted int8 graph (q/dq arithmetic, eager) and of the fp32 parent on
     every validation set; the first set's figures also as ``val_*``."""
     from workbench.data.benchmark import load_set
-    from workbench.evaluate import evaluate_set
-    from workbench.quantize import GraphRunner, convert, restore_prepared
+    from workbench.measure.evaluate import evaluate_set
+    from workbench.measure.quantize import GraphRunner, convert, restore_prepared
 
     val = ctx.recipe.data.val
     int8 = GraphRunner(convert(restore_prepared(weights, qcfg, state)))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 __all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
            "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
@@ -301,7 +301,7 @@ def num_threads(threads: int | None) -> Iterator[int]:
 
 
 def _resolve(device: str | torch.device | None) -> torch.device:
-    from workbench.evaluate import resolve_device
+    from workbench.measure.evaluate import resolve_device
 
     return resolve_device(device)
 
@@ -370,7 +370,7 @@ def interleaved_times(runners: dict[str, Callable[[], Any]], *, device: str | to
     A slow spell of a shared machine then hits every runner alike, so the per-round ratios
     (:func:`round_ratios`) hold even when absolute times drift. Returns name -> times in ms.
     """
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     if rounds < 1 or warmup < 0:
         raise WorkbenchError(f"rounds must be >= 1 and warmup >= 0 (got {rounds}, {warmup})")
@@ -426,7 +426,7 @@ def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256
     """Latency of one forward pass on a random 0..255 input of ``input_shape``.
 
     The model is copied and moved to ``device``/``dtype`` (the caller's model is untouched) unless
-    ``prepared`` says it is already there (e.g. a :func:`workbench.deploy.prepare` result).
+    ``prepared`` says it is already there (e.g. a :func:`workbench.measure.deploy.prepare` result).
     ``clock="cpu"`` times process CPU time instead of wall time (see :class:`_Timer`).
     Returns median/p90/mean/min in ms and the conditions of the measurement.
     """
@@ -457,7 +457,7 @@ def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int]
                     device: str | torch.device = "cpu", rounds: int = 20, warmup: int = 3,
                     threads: int | None = None, clock: str = "wall",
                     progress: bool = False) -> list[dict[str, Any]]:
-    """Several prepared models (e.g. :func:`workbench.deploy.prepare` results taking float32
+    """Several prepared models (e.g. :func:`workbench.measure.deploy.prepare` results taking float32
     input), timed interleaved in one run; one row per model with its latency statistics and
     its per-round latency ratio to the *first* model (median, p10, p90), so two models or two
     deploy modes are compared side by side under the same load."""
@@ -517,7 +517,7 @@ def ntire_latency(model: nn.Module, lr_folder_or_set: Any, *, device: str | torc
     HWC arrays. The first image is run ``warmup`` times first; each image is then timed once
     (host-to-device copy excluded, device synchronised).
     """
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     dev = _resolve(device)
     dt = parse_dtype(dtype)
@@ -568,7 +568,7 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
 
     Every trunk group (``trunk.0`` ... ``trunk.<n>``) gets the width; middle and ESA widths stay
     unless ``include_mid`` also sets every block's middle widths (``block<i>.mid1/mid2``).
-    ``deploy_mode`` times each width as :func:`workbench.deploy.prepare` makes it (e.g. ``fused``).
+    ``deploy_mode`` times each width as :func:`workbench.measure.deploy.prepare` makes it (e.g. ``fused``).
     Measurements are interleaved (one timed pass of every width per round) so that a change in
     background load spreads over all widths instead of biasing some of them.
     Returns one row per width: width, params, flops_g, median_ms, p90_ms, mean_ms, min_ms, and
@@ -591,7 +591,7 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
         counts = ntire_counts(m, input_shape=input_shape)
         rows[w] = {"width": w, "params": counts["params"], "flops_g": counts["flops_g"]}
         if deploy_mode is not None:
-            from workbench.deploy import prepare
+            from workbench.measure.deploy import prepare
 
             models[w] = prepare(m, device=dev, mode=deploy_mode, example_shape=input_shape)
         else:
@@ -622,7 +622,7 @@ def write_sweep_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
     """Write the sweep rows as CSV (atomically)."""
     import csv
 
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.models.artifacts import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(_SWEEP_COLUMNS), extrasaction="ignore")
@@ -641,7 +641,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.models.artifacts import atomic_write_bytes
 
     w = [r["width"] for r in rows]
     med = [r["median_ms"] for r in rows]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.recipes.registry import StageContext
+from workbench.stages.registry import StageContext
 
 
 def stage_seed(ctx: StageContext, salt: int = 0) -> int:
@@ -37,12 +37,12 @@ def save_stage_artifact(ctx: StageContext, model: nn.Module, *, parent: Any = No
                         path: Path | None = None, lineage: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` as this stage's artifact (``ctx.artifact_dir``) with full lineage.
 
-    ``parent`` is the :class:`~workbench.artifacts.Artifact` the stage started from (its path and
+    ``parent`` is the :class:`~workbench.models.artifacts.Artifact` the stage started from (its path and
     weights hash are recorded); ``config`` the stage's config dataclass (stored resolved);
     ``lineage`` extra lineage entries (e.g. the distillation teacher and its weights hash).
     Only rank 0 writes; other ranks get the path back without writing.
     """
-    from workbench.artifacts import make_lineage, save_artifact
+    from workbench.models.artifacts import make_lineage, save_artifact
     from workbench.recipes.loader import to_plain
 
     target = Path(path) if path is not None else ctx.artifact_dir
@@ -73,7 +73,7 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
     image itself is an LR input; only teacher-based losses can train on it).
     """
     from workbench.data.training import exclude_files, find_training_pairs, sample_images_dir
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     if not sources:
         raise WorkbenchError("no training data: set data.train in the recipe (or data in the stage)")

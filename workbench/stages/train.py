@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.stages.registry import StageContext, StageResult, register_stage
 from workbench.recipes.schema import TrainSource
 
 log = logging.getLogger("workbench.train")
@@ -95,7 +95,7 @@ class TrainingConfig:
         if not self.data and not recipe.data.train:
             problems.append("data: this training stage needs training images: set data.train in the "
                             "recipe or data in the stage")
-        from workbench.recipes.stage_utils import patch_size_problems
+        from workbench.stages.utils import patch_size_problems
 
         return problems + patch_size_problems(self.patch_size, recipe.scale)
 
@@ -138,7 +138,7 @@ def settings_from_config(cfg: TrainingConfig, *, teacher: str | None = None):
 def build_train_dataset(ctx: StageContext, cfg: TrainingConfig, *, seed: int):
     """The stage's PatchDataset (crops, flips/rotations drawn per (seed, epoch, index))."""
     from workbench.data.training import PatchDataset
-    from workbench.recipes.stage_utils import train_sources, training_files
+    from workbench.stages.utils import train_sources, training_files
     from workbench.train.losses import uses_hr
 
     hr, lr, as_lr = training_files(train_sources(ctx, cfg.data), scale=ctx.scale, with_lr_only=True)
@@ -155,8 +155,8 @@ def stage_teacher(cfg: Any, ctx: StageContext, parent: Any):
     """
     import copy
 
-    from workbench.artifacts import load_model, state_digest
-    from workbench.errors import WorkbenchError
+    from workbench.models.artifacts import load_model, state_digest
+    from workbench.core.errors import WorkbenchError
     from workbench.train.losses import needs_teacher
 
     if not needs_teacher(cfg.losses):
@@ -185,7 +185,7 @@ def make_val_fn(ctx: StageContext, *, images: int = 1):
     SR of the first ``images`` pictures for TensorBoard.
     """
     from workbench.data.benchmark import load_set
-    from workbench.evaluate import evaluate_set, super_resolve
+    from workbench.measure.evaluate import evaluate_set, super_resolve
 
     val = ctx.recipe.data.val if ctx.recipe is not None else None
     name = val.sets[0] if val is not None and val.sets else "Set5"
@@ -208,7 +208,7 @@ def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
     import torch
 
     from workbench.models import build_model
-    from workbench.recipes.stage_utils import save_stage_artifact, stage_seed
+    from workbench.stages.utils import save_stage_artifact, stage_seed
     from workbench.train.loop import fit
 
     parent = ctx.load_parent()
@@ -274,8 +274,8 @@ class EvaluateConfig:
 @register_stage("evaluate", config=EvaluateConfig,
                 help="PSNR/SSIM (Y, scale-pixel crop) and RGB PSNR of the previous stage's model")
 def evaluate_stage(cfg: EvaluateConfig, ctx: StageContext) -> StageResult:
-    from workbench.artifacts import atomic_write_json, update_metrics
-    from workbench.evaluate import evaluate, format_table, results_to_json
+    from workbench.models.artifacts import atomic_write_json, update_metrics
+    from workbench.measure.evaluate import evaluate, format_table, results_to_json
 
     val = ctx.recipe.data.val if ctx.recipe is not None else None
     sets = cfg.sets or (list(val.sets) if val is not None else ["Set5"])
