@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ran} row(s) ran, {len(results) - ran} skipped, {len(failed)} failed "
           f"in {time.perf_counter() - t_all:.1f} s")
     if args.json is not None:
-        from workbench.models.artifacts import atomic_write_json
+        from workbench.core.files import atomic_write_json
 
         atomic_write_json(args.json, {"model": args.model, "set": args.set, "cuda": cuda,
                                       "device": device, "rows": results,

@@ -171,11 +171,14 @@ def test_fresh_compile_raises_the_recompile_limit():
 
 def test_one_statistics_definition_everywhere(tiny_spec, tmp_path, monkeypatch):
     values = list(range(1, 11))
-    s = profiling.spread(values, "_ms")
+    from workbench.measure import timing
+
+    assert profiling.spread is timing.spread
+    s = timing.spread(values, "_ms")
     assert s["p90_ms"] == pytest.approx(9.1) and s["median_ms"] == 5.5  # numpy's linear rule
     assert s["iqr_ms"] == pytest.approx(s["p75_ms"] - s["p25_ms"]) and s["max_ms"] == 10
     calls = []
-    real = profiling.spread
+    real = timing.spread
 
     def marked(vals, suffix=""):
         calls.append(len(list(vals)))
@@ -183,7 +186,7 @@ def test_one_statistics_definition_everywhere(tiny_spec, tmp_path, monkeypatch):
         out[f"p90{suffix}"] = 123.0
         return out
 
-    monkeypatch.setattr(profiling, "spread", marked)
+    monkeypatch.setattr(timing, "spread", marked)
     settings = LatencySettings(input_shape=(1, 3, 16, 16), repeats=3, warmup=0, threads=1,
                                isolate=False, cache_path=str(tmp_path / "s.db"))
     assert measure_spec(tiny_spec, settings)["p90_ms"] == 123.0           # profiling's path

@@ -437,7 +437,7 @@ def fetch_archive(archive: Archive, root: Path, *, checksum: str | None = None, 
               "verified": bool(expected), "provides": archive.provides}
     if archive.members:
         record["folders"] = list(archive.targets)
-    from workbench.models.artifacts import atomic_write_json
+    from workbench.core.files import atomic_write_json
 
     atomic_write_json(_record_path(root, archive), record)
     if not keep_archive:

@@ -135,7 +135,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
 
     The file is always PNG (lossless), whatever the suffix; parent folders are created.
     """
-    from workbench.models.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     path = Path(path)
     array = _check_image_array(array, str(path))

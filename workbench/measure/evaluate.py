@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.core.device import resolve_device
 from workbench.core.errors import WorkbenchError
 from workbench.measure.metrics import image_metrics
 from workbench.models.family import run_model
@@ -36,20 +37,6 @@ class SetResult:
     scale: int
     images: list[dict[str, Any]] = field(default_factory=list)
     mean: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' / None -> CUDA when available, else CPU; 'cuda' without a GPU is a WorkbenchError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise WorkbenchError(f"device {str(device)[:40]!r}: choose auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError(f"device {str(device)!r} requested but no CUDA GPU is available "
-                             "(use --device cpu or auto)")
-    return dev
 
 
 def _model_device(model: nn.Module) -> torch.device:

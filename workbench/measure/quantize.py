@@ -294,7 +294,7 @@ def _resize_buffer(gm: nn.Module, key: str, value: torch.Tensor) -> None:
 
 def quant_state_bytes(state: Mapping[str, torch.Tensor], cfg: QuantConfig) -> bytes:
     """``quant.pt`` as bytes (tensors and plain values only: loads with weights_only=True)."""
-    from workbench.models.artifacts import torch_bytes
+    from workbench.core.files import torch_bytes
 
     return torch_bytes({"format": QUANT_FORMAT, "config": cfg.to_dict(),
                         "state": {k: v.contiguous() for k, v in state.items()}})

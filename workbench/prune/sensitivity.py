@@ -285,7 +285,8 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     from workbench.core.progress import tqdm
 
     from workbench.measure.evaluate import resolve_device
-    from workbench.measure.profiling import interleaved_times, ntire_counts, round_ratios, spread
+    from workbench.measure.profiling import ntire_counts
+    from workbench.measure.timing import interleaved_times, round_ratios, spread
 
     dev = resolve_device(device)
     get_importance(criterion)  # an unknown name fails before any work
@@ -607,7 +608,7 @@ def _save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
     """savefig through the atomic writer: a full disk is one line and keeps the old PNG."""
     import io
 
-    from workbench.models.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **kwargs)

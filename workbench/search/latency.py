@@ -15,7 +15,7 @@ Why each part exists:
   dynamo's recompile limit never silently turns later candidates eager.
 - **Statistics.** Warm-up runs, device synchronisation (CUDA events on a GPU), the median and p90 of
   the repeats (``workbench.measure.profiling.measure_latency``; every percentile comes from
-  ``workbench.measure.profiling.spread``), or the NTIRE protocol over a folder of full images
+  ``workbench.measure.timing.spread``), or the NTIRE protocol over a folder of full images
   (``ntire_latency``).
 - **Weights do not matter.** Latency depends on the widths, not the values, so a randomly initialised
   model of the spec is timed; the cache key is the spec.
@@ -314,7 +314,7 @@ def compare_specs(specs: Mapping[str, RLFNSpec], settings: LatencySettings, *, r
     import torch
 
     from workbench.measure.deploy import fresh_compile
-    from workbench.measure.profiling import interleaved_times, spread
+    from workbench.measure.timing import interleaved_times, spread
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
@@ -468,7 +468,7 @@ class LatencyMeasurer:
                 todo.setdefault(spec_key(spec), spec)
         if not todo:
             return 0
-        from workbench.measure.profiling import spread
+        from workbench.measure.timing import spread
 
         if self.settings.ntire_folder:
             for spec in todo.values():

@@ -285,7 +285,7 @@ def parent_scores(parent: "RLFN", *, criterion: str, names: Sequence[str] | None
 
     if cache is None:
         return compute(names)
-    from workbench.models.artifacts import atomic_write_json
+    from workbench.core.files import atomic_write_json
     from workbench.search.study import file_lock
 
     with file_lock(cache.with_suffix(".lock")):

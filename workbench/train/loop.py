@@ -272,7 +272,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _write_checkpoint(path: Path, payload: dict[str, Any], *, previous_iteration: int | None) -> None:
-    from workbench.models.artifacts import atomic_torch_save
+    from workbench.core.files import atomic_torch_save
 
     try:
         atomic_torch_save(payload, path)
