@@ -1,4 +1,4 @@
-"""Recipe stages of workbench.train: ``train``, ``warm_start``, ``contrastive``, ``finetune``, ``evaluate``.
+"""Recipe stages of workbench.train: ``train``, ``warm_start``, ``contrastive``, ``finetune``.
 
 All four training stages share one config (:class:`TrainingConfig`) and one implementation; they
 differ in where the weights start and in their defaults, which follow the RLFN paper / NTIRE 2022:
@@ -11,8 +11,7 @@ differ in where the weights start and in their defaults, which follow the RLFN p
   recipe reads like the paper; ``warm_start`` with that ``losses`` list is the same thing);
 - ``finetune``: a warm start with L2 loss, lr 1e-5 and 640x640 patches.
 
-``evaluate`` scores the previous stage's model with the paper's protocol and writes the means into
-that artifact's metrics.
+``evaluate`` (:mod:`workbench.stages.evaluate`) scores a stage's model.
 """
 from __future__ import annotations
 
@@ -259,41 +258,6 @@ def finetune_stage(cfg: FinetuneConfig, ctx: StageContext) -> StageResult:
     return run_training(cfg, ctx, from_scratch=False)
 
 
-# -- evaluate -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    sets: list[str] | None = field(default=None, metadata={
-        "help": "set names or folders (default: the recipe's data.val.sets)"})
-    root: str | None = field(default=None, metadata={
-        "help": "folder holding the named sets (default: data.val.root; none: embedded Set5)",
-        "exists": "dir"})
-    save_images: bool = field(default=False, metadata={"help": "write the SR images into the stage folder"})
-
-
-@register_stage("evaluate", config=EvaluateConfig,
-                help="PSNR/SSIM (Y, scale-pixel crop) and RGB PSNR of the previous stage's model")
-def evaluate_stage(cfg: EvaluateConfig, ctx: StageContext) -> StageResult:
-    from workbench.models.artifacts import atomic_write_json, update_metrics
-    from workbench.measure.evaluate import evaluate, format_table, results_to_json
-
-    val = ctx.recipe.data.val if ctx.recipe is not None else None
-    sets = cfg.sets or (list(val.sets) if val is not None else ["Set5"])
-    root = cfg.root if cfg.root is not None else (val.root if val is not None else None)
-    parent = ctx.load_parent()
-    results = evaluate(parent.model, sets, scale=ctx.scale, data_root=root, device=ctx.device,
-                       save_dir=ctx.stage_dir / "sr" if cfg.save_images else None, progress=ctx.progress)
-    atomic_write_json(ctx.stage_dir / "eval.json", results_to_json(results))
-    table = format_table(results, per_image=False)
-    log.info("evaluation of %s:\n%s", parent.path or ctx.model_ref, table)
-    metrics = {name: {k: float(v) for k, v in res.mean.items()} for name, res in results.items()}
-    if parent.path is not None and parent.path.is_dir():
-        update_metrics(parent.path, metrics)
-    summary = ", ".join(f"{name} PSNR-Y {m['psnr_y']:.3f} dB SSIM-Y {m['ssim_y']:.4f}"
-                        for name, m in metrics.items())
-    return StageResult(artifact=None, metrics=metrics, summary=summary)
-
-
 __all__ = ["TrainingConfig", "TrainFromScratchConfig", "ContrastiveConfig", "FinetuneConfig",
-           "EvaluateConfig", "run_training", "settings_from_config", "build_train_dataset", "make_val_fn",
+           "run_training", "settings_from_config", "build_train_dataset", "make_val_fn",
            "stage_teacher"]
