@@ -54,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device for the latency (default: auto = CUDA if available)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="weights and input dtype for the latency (fp16: CUDA only)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed forward passes (default 20)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed passes first (default 5)")
+    from workbench.measure.timing import DEFAULT_REPEATS, DEFAULT_WARMUP
+
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help=f"timed forward passes (default {DEFAULT_REPEATS})")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                        help=f"untimed passes first (default {DEFAULT_WARMUP})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for the measurement (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -20,13 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.stages.registry import StageContext, StageResult, register_stage
+from workbench.train.settings import TrainSettings, default_of
 from workbench.recipes.schema import TrainSource
 
 log = logging.getLogger("workbench.train")
-
-
-def _l1() -> list[dict]:
-    return [{"type": "l1", "weight": 1.0}]
 
 
 def _check_losses(specs: list[dict]) -> list[str]:
@@ -35,36 +32,43 @@ def _check_losses(specs: list[dict]) -> list[str]:
     return check_loss_specs(specs)
 
 
+def _train_default(name: str, **metadata: Any) -> Any:
+    """A stage field whose default is :class:`TrainSettings`'s (the one source of the defaults)."""
+    return default_of(TrainSettings, name, **metadata)
+
+
+#: TrainSettings fields a stage config does not set: the loop's own bookkeeping, and ``teacher``,
+#: which in a stage config names the teacher model while in TrainSettings it is its weights hash.
+_NOT_FROM_CONFIG = {"epoch_iterations", "teacher"}
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Settings shared by every training stage."""
+    """Settings shared by every training stage (defaults: :class:`TrainSettings`'s)."""
 
     iterations: int = field(metadata={"help": "optimiser steps in this stage", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "patches per step (all processes together)", "min": 1})
-    patch_size: int = field(default=256, metadata={"help": "HR patch side in pixels (a multiple of the scale)",
-                                                   "min": 4})
-    lr: float = field(default=5e-4, metadata={"help": "initial learning rate (Adam)", "gt": 0, "lt": 1})
-    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
-    eps: float = field(default=1e-8, metadata={"help": "Adam eps", "gt": 0})
-    halve_every: int = field(default=200_000, metadata={"help": "multiply lr by gamma every N iterations",
-                                                         "min": 1})
-    gamma: float = field(default=0.5, metadata={"help": "lr factor at each step of the schedule",
-                                                "gt": 0, "max": 1})
-    losses: list[dict] = field(default_factory=_l1, metadata={
-        "help": "weighted losses: [{type: l1|l2|contrastive, weight: W, ...}]", "check": _check_losses})
+    batch_size: int = _train_default("batch_size", help="patches per step (all processes together)", min=1)
+    patch_size: int = _train_default("patch_size", help="HR patch side in pixels (a multiple of the scale)",
+                                     min=4)
+    lr: float = _train_default("lr", help="initial learning rate (Adam)", gt=0, lt=1)
+    betas: tuple[float, float] = _train_default("betas", help="Adam betas")
+    eps: float = _train_default("eps", help="Adam eps", gt=0)
+    halve_every: int = _train_default("halve_every", help="multiply lr by gamma every N iterations", min=1)
+    gamma: float = _train_default("gamma", help="lr factor at each step of the schedule", gt=0, max=1)
+    losses: list[dict] = _train_default("losses", help="weighted losses: [{type: l1|l2|contrastive, "
+                                        "weight: W, ...}]", check=_check_losses)
     augment: bool = field(default=True, metadata={"help": "random flips and 90-degree rotations"})
     samples_per_epoch: int | None = field(default=None, metadata={
         "help": "patches per data epoch (default: one per training image)", "min": 1})
-    checkpoint_every: int = field(default=1000, metadata={"help": "periodic resumable checkpoint every N "
-                                                                  "iterations (0: only at the end)", "min": 0})
-    val_every: int = field(default=0, metadata={"help": "validate every N iterations (0: only at the end)",
-                                                "min": 0})
+    checkpoint_every: int = _train_default("checkpoint_every", help="periodic resumable checkpoint every N "
+                                           "iterations (0: only at the end)", min=0)
+    val_every: int = _train_default("val_every", help="validate every N iterations (0: only at the end)", min=0)
     val: bool = field(default=True, metadata={"help": "validate on data.val at the end of the stage"})
-    log_every: int = field(default=50, metadata={"help": "TensorBoard/log interval in iterations", "min": 1})
-    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm", "gt": 0})
-    num_workers: int = field(default=0, metadata={"help": "data loader worker processes", "min": 0})
-    amp: str | None = field(default=None, metadata={"help": "mixed precision on CUDA: bf16 or fp16",
-                                                    "choices": ["bf16", "fp16"]})
+    log_every: int = _train_default("log_every", help="TensorBoard/log interval in iterations", min=1)
+    grad_clip: float | None = _train_default("grad_clip", help="clip the gradient norm", gt=0)
+    num_workers: int = _train_default("num_workers", help="data loader worker processes", min=0)
+    amp: str | None = _train_default("amp", help="mixed precision on CUDA: bf16 or fp16",
+                                     choices=["bf16", "fp16"])
     cache_images: bool = field(default=True, metadata={
         "help": "decode training images once and keep them in memory (off for DIV2K+Flickr2K)"})
     data: list[TrainSource] | None = field(default=None, metadata={
@@ -124,14 +128,12 @@ class FinetuneConfig(TrainingConfig):
 
 def settings_from_config(cfg: TrainingConfig, *, teacher: str | None = None):
     """The loop's TrainSettings for a training stage config (``teacher``: its weights hash)."""
-    from workbench.train.loop import TrainSettings
+    import dataclasses
 
-    return TrainSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, patch_size=cfg.patch_size,
-                         lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, halve_every=cfg.halve_every,
-                         gamma=cfg.gamma, losses=[dict(x) for x in cfg.losses],
-                         checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
-                         log_every=cfg.log_every, grad_clip=cfg.grad_clip, num_workers=cfg.num_workers,
-                         amp=cfg.amp, teacher=teacher)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainSettings)
+              if f.name not in _NOT_FROM_CONFIG}
+    values.update(betas=tuple(cfg.betas), losses=[dict(x) for x in cfg.losses])
+    return TrainSettings(**values, teacher=teacher)
 
 
 def build_train_dataset(ctx: StageContext, cfg: TrainingConfig, *, seed: int):
