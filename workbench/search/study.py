@@ -630,7 +630,7 @@ def check_inputs(job: SearchJob) -> None:
     alike; stopping here gives one line instead of a study of failures."""
     from workbench.models.artifacts import load_model
     from workbench.data.benchmark import load_set
-    from workbench.stages.utils import patch_size_problems
+    from workbench.data.training import patch_size_problems
 
     for flag, value in (("--threads", job.latency.threads), ("--train-threads", job.train_threads)):
         if value is not None and (isinstance(value, bool) or value < 1):

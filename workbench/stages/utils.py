@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.data.training import patch_size_problems  # noqa: F401  (stages import it from here)
 from workbench.stages.registry import StageContext
 
 
@@ -105,18 +106,3 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
     if with_lr_only:
         return hr_all, lr_all, as_lr
     return hr_all, lr_all
-
-
-def patch_size_problems(patch_size: int, scale: int | None) -> list[str]:
-    """Loader problems of a training patch size at ``scale``: it must be a multiple of the scale,
-    and the LR patch must be at least MIN_LR_SIZE (ESA's strided conv and 7x7 max-pool)."""
-    if not scale:
-        return []
-    if patch_size % scale:
-        return [f"patch_size: must be a multiple of the scale {scale}, got {patch_size}"]
-    from workbench.models import MIN_LR_SIZE
-
-    if patch_size // scale < MIN_LR_SIZE:
-        return [f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (RLFN's ESA needs "
-                f"LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE} or more), got {patch_size}"]
-    return []
