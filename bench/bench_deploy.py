@@ -6,10 +6,10 @@ One run measures, interleaved round by round (so that background load hits every
   the model's trunk width in and out at the benchmarked input size -- the bulk of an RLFN's work,
   so no fp32 forward can be faster per FLOP. (MKL's fp32 GEMM is much slower than oneDNN's conv on
   these CPUs, so it is no ceiling; it is kept as an extra column.)
-* each inference mode of :mod:`workbench.deploy` on a 1x3xSxS input.
+* each inference mode of :mod:`workbench.measure.deploy` on a 1x3xSxS input.
 
 It prints median latency, achieved GFLOP/s (2 x conv multiply-accumulates / time, MACs counted by
-:func:`workbench.profiling.conv_macs`), that rate as a fraction of the measured conv rate (median
+:func:`workbench.measure.profiling.conv_macs`), that rate as a fraction of the measured conv rate (median
 over median, the per-round median of ratios, and best over best), the fraction of the GEMM rate,
 the speed-up over eager, and the largest output difference in gray levels against fp32 eager on
 real image content (SxS crops of the embedded Set5 HR images, the benchmarked shape, so compiled
@@ -36,9 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.artifacts import atomic_write_json, environment, load_model  # noqa: E402
-from workbench.deploy import max_gray_diff, prepare  # noqa: E402
-from workbench.profiling import conv_macs, device_name  # noqa: E402
+from workbench.models.artifacts import atomic_write_json, environment, load_model  # noqa: E402
+from workbench.measure.deploy import max_gray_diff, prepare  # noqa: E402
+from workbench.measure.profiling import conv_macs, device_name  # noqa: E402
 
 FP32_MODES = {"eager", "channels_last", "fused", "compile", "cuda_graph"}
 TARGET_OF_CONV = 0.85

@@ -6,7 +6,7 @@
     python bench/bench_prune_latency.py --deploy fused bf16       # each mode, both models
 
 Both models are timed as deployed (--deploy; default the device's fastest fp32 mode, see
-workbench.deploy.default_mode), interleaved pass by pass (workbench.profiling.compare_latency),
+workbench.measure.deploy.default_mode), interleaved pass by pass (workbench.measure.profiling.compare_latency),
 so a change in machine load hits both alike; the median of the per-round ratios (with p10-p90)
 is the figure to quote. Also prints params and FLOPs (NTIRE counting).
 """
@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
     from workbench.commands.prune import parse_widths
-    from workbench.deploy import default_mode, prepare
-    from workbench.profiling import compare_latency, ntire_counts, parse_shape
+    from workbench.measure.deploy import default_mode, prepare
+    from workbench.measure.profiling import compare_latency, ntire_counts, parse_shape
     from workbench.prune.surgery import prune_to_widths
 
     shape = parse_shape(args.shape)

@@ -8,8 +8,8 @@ measured interleaved in one run, every model in the same deploy mode.
 Models default to the two references (rlfn_s_x4, the starting point of every RLFN recipe, and
 rlfn_ntire_x4, the NTIRE 2022 winner) and every committed result artifact under
 bench/results/*/artifact. Latency: each (model, mode) pair is prepared once
-(`workbench.deploy.prepare`) and all pairs are run in turn, round after round, on one
-1x3x256x256 LR input (`workbench.profiling.compare_latency`), so load from other processes hits
+(`workbench.measure.deploy.prepare`) and all pairs are run in turn, round after round, on one
+1x3x256x256 LR input (`workbench.measure.profiling.compare_latency`), so load from other processes hits
 them alike; the table gives each median ratio (p10-p90 in brackets) to rlfn_s_x4 and to
 rlfn_ntire_x4 in the same mode. fp32 is the device's default mode (`fused` on CPU for RLFN-shaped
 models, `channels_last` for others); bf16 is judged by PSNR-Y (accepted at <= 0.01 dB drop).
@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
     from workbench.data.benchmark import load_set
-    from workbench.deploy import default_mode, judge_precision, prepare, reduced_precision_mode
-    from workbench.evaluate import evaluate_set
-    from workbench.profiling import compare_latency, ntire_counts, parse_shape
+    from workbench.measure.deploy import default_mode, judge_precision, prepare, reduced_precision_mode
+    from workbench.measure.evaluate import evaluate_set
+    from workbench.measure.profiling import compare_latency, ntire_counts, parse_shape
 
     torch.set_num_threads(args.threads)
     shape = parse_shape(args.shape)

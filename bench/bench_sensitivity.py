@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
     from workbench.data.benchmark import load_set
     from workbench.prune.sensitivity import analyze
 

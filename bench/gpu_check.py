@@ -5,10 +5,10 @@ reason, so the script is a dry run on CPU that still checks its own plumbing):
 
 * ``eval cuda == cpu``: Set5 PSNR-Y on CUDA and on CPU, and the largest SR pixel difference
   between them (must be within one gray level);
-* ``latency (CUDA events)`` and ``NTIRE protocol``: :func:`workbench.profiling.measure_latency`
-  (CUDA events + synchronise) and :func:`workbench.profiling.ntire_latency` on Set5's LR images;
+* ``latency (CUDA events)`` and ``NTIRE protocol``: :func:`workbench.measure.profiling.measure_latency`
+  (CUDA events + synchronise) and :func:`workbench.measure.profiling.ntire_latency` on Set5's LR images;
 * ``deploy <mode>``: channels_last, fp16 and cuda_graph (fp32 and fp16) from
-  :mod:`workbench.deploy`, each with its Set5 PSNR-Y, its gray-level difference from fp32 eager
+  :mod:`workbench.measure.deploy`, each with its Set5 PSNR-Y, its gray-level difference from fp32 eager
   and its latency;
 * ``train AMP``: 20 iterations of :func:`workbench.train.loop.fit` with bf16 and fp16 autocast
   on random patches (finite loss, weights changed);
@@ -35,25 +35,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.artifacts import environment, load_model  # noqa: E402
+from workbench.models.artifacts import environment, load_model  # noqa: E402
 
 NO_CUDA = "skipped: no CUDA device (torch.cuda.is_available() is False)"
 
 
 def _psnr_y(model, pset) -> float:
-    from workbench.evaluate import evaluate_set
+    from workbench.measure.evaluate import evaluate_set
 
     return float(evaluate_set(model, pset, progress=False).mean["psnr_y"])
 
 
 def _sr_all(model, pset, device) -> list[np.ndarray]:
-    from workbench.evaluate import super_resolve
+    from workbench.measure.evaluate import super_resolve
 
     return [super_resolve(model, p.lr, device=device) for p in pset]
 
 
 def row_eval(ctx: dict) -> dict:
-    from workbench.evaluate import evaluate_set
+    from workbench.measure.evaluate import evaluate_set
 
     model, pset = ctx["model"], ctx["set"]
     cpu = evaluate_set(model, pset, device="cpu", progress=False).mean["psnr_y"]
@@ -65,7 +65,7 @@ def row_eval(ctx: dict) -> dict:
 
 
 def row_latency(ctx: dict) -> dict:
-    from workbench.profiling import measure_latency
+    from workbench.measure.profiling import measure_latency
 
     lat = measure_latency(ctx["model"], input_shape=(1, 3, 256, 256), device="cuda", warmup=5,
                           repeats=20)
@@ -74,7 +74,7 @@ def row_latency(ctx: dict) -> dict:
 
 
 def row_ntire(ctx: dict) -> dict:
-    from workbench.profiling import ntire_latency
+    from workbench.measure.profiling import ntire_latency
 
     lat = ntire_latency(ctx["model"], ctx["set"], device="cuda")
     ms = lat.get("mean_ms", lat.get("median_ms"))
@@ -84,8 +84,8 @@ def row_ntire(ctx: dict) -> dict:
 
 def make_deploy_row(mode: str, dtype: str | None = None) -> Callable[[dict], dict]:
     def run(ctx: dict) -> dict:
-        from workbench.deploy import max_gray_diff, prepare
-        from workbench.profiling import measure_latency
+        from workbench.measure.deploy import max_gray_diff, prepare
+        from workbench.measure.profiling import measure_latency
 
         model, pset = ctx["model"], ctx["set"]
         dep = prepare(model, device="cuda", mode=mode, dtype=dtype, example_shape=(1, 3, 256, 256))
@@ -130,7 +130,7 @@ def make_amp_row(amp: str) -> Callable[[dict], dict]:
 def row_int8(ctx: dict) -> dict:
     return {"ok": None, "value": "-",
             "note": "skipped: int8 is the CPU x86 path (torchao PT2E + inductor, deploy mode int8); "
-                    "no CUDA int8 path in workbench.deploy"}
+                    "no CUDA int8 path in workbench.measure.deploy"}
 
 
 ROWS: list[tuple[str, Callable[[dict], dict], bool]] = [
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ran} row(s) ran, {len(results) - ran} skipped, {len(failed)} failed "
           f"in {time.perf_counter() - t_all:.1f} s")
     if args.json is not None:
-        from workbench.artifacts import atomic_write_json
+        from workbench.core.files import atomic_write_json
 
         atomic_write_json(args.json, {"model": args.model, "set": args.set, "cuda": cuda,
                                       "device": device, "rows": results,

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from workbench import artifacts
-from workbench.artifacts import (ArtifactError, load_artifact, load_model, make_lineage,
+from workbench.models import artifacts
+from workbench.models.artifacts import (ArtifactError, load_artifact, load_model, make_lineage,
                                  save_artifact, update_metrics)
 from workbench.models import RLFN
 

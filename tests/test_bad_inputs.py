@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from workbench import artifacts
-from workbench.artifacts import ArtifactError, load_artifact, save_artifact
+from workbench.models import artifacts
+from workbench.models.artifacts import ArtifactError, load_artifact, save_artifact
 from workbench.cli import main
-from workbench.errors import WorkbenchError, WriteError
+from workbench.core.errors import WorkbenchError, WriteError
 from workbench.models import RLFN, RLFNSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -348,7 +348,7 @@ def test_export_check_tolerates_rounding_but_not_real_differences(tiny_model, tm
 def test_warnings_are_not_printed_beside_an_error(monkeypatch, capsys):
     import warnings
 
-    import workbench.artifacts as arts
+    import workbench.models.artifacts as arts
 
     def noisy(ref):
         warnings.warn("TypedStorage is deprecated", UserWarning)

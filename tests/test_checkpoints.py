@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.artifacts import load_artifact, load_model, save_artifact
+from workbench.models.artifacts import load_artifact, load_model, save_artifact
 from workbench.cli import main
 from workbench.models import RLFN, RLFNSpec, build_model, family_of, normalize_state_dict
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.artifacts import load_artifact, load_model, save_artifact
+from workbench.models.artifacts import load_artifact, load_model, save_artifact
 from workbench.models import FAMILIES, create_model, register_family
 from workbench.models.generic import ModuleSpec, module_family
 
@@ -100,7 +100,7 @@ def test_edsr_prune_apply_reloads_and_keeps_a_silenced_channel(tmp_path, capsys)
 
 def test_edsr_evaluates_and_exports(tmp_path):
     from workbench.data.benchmark import load_set
-    from workbench.evaluate import evaluate_set
+    from workbench.measure.evaluate import evaluate_set
     from workbench.prune.export import check_onnx, export_onnx
 
     _family()

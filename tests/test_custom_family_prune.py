@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.artifacts import load_artifact, save_artifact
+from workbench.models.artifacts import load_artifact, save_artifact
 from workbench.data.benchmark import ImagePair, PairedSet
 from workbench.models import FAMILIES, create_model, group_widths, register_family
 from workbench.models.generic import module_family

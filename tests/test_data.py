@@ -12,7 +12,7 @@ from workbench.data import images
 from workbench.data.benchmark import EMBEDDED_SETS, embedded_set_dir, load_set
 from workbench.data.images import list_images, mod_crop, read_image, write_image
 from workbench.data.imresize import imresize
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ from workbench.data.images import mod_crop, read_image, write_image
 from workbench.data.imresize import downscale
 from workbench.data.training import (PatchDataset, augment_pair, find_training_pairs,
                                      sample_images_dir)
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 def _textured(h: int, w: int, seed: int) -> np.ndarray:
@@ -232,7 +232,7 @@ def test_several_folders_png_bmp_and_jpeg_train_together(tmp_path: Path) -> None
     from PIL import Image
 
     from workbench.recipes.schema import TrainSource
-    from workbench.recipes.stage_utils import training_files
+    from workbench.stages.utils import training_files
 
     for j, (folder, suffix, n) in enumerate((("t91", "bmp", 2), ("bsd200", "png", 3), ("bsds_test", "jpg", 2))):
         (tmp_path / folder).mkdir()
@@ -257,7 +257,7 @@ def test_several_folders_png_bmp_and_jpeg_train_together(tmp_path: Path) -> None
 def test_shared_491_images_train_together(shared_dir: Path) -> None:
     """T91 + BSD200 + BSDS500-test200 from ../shared/data, Set5's woman (BSD200/302003) left out."""
     from workbench.recipes.schema import TrainSource
-    from workbench.recipes.stage_utils import training_files
+    from workbench.stages.utils import training_files
 
     data = shared_dir / "data"
     if not (data / "BSDS500-test200").is_dir():

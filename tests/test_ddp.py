@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.artifacts import load_model
+from workbench.models.artifacts import load_model
 from workbench.data.benchmark import load_set
-from workbench.deploy import (CPU_MODES, Deployed, available_modes, check_deploy, max_gray_diff,
+from workbench.measure.deploy import (CPU_MODES, Deployed, available_modes, check_deploy, max_gray_diff,
                               prepare)
-from workbench.errors import WorkbenchError
-from workbench.evaluate import super_resolve
+from workbench.core.errors import WorkbenchError
+from workbench.measure.evaluate import super_resolve
 
 FAST_FP32_MODES = ["eager", "channels_last", "fused"]
 
@@ -96,7 +96,7 @@ def test_compile_real_weights_within_one_gray_level(ntire_and_set5):
 
 
 def test_deployed_module_is_timed_as_prepared(tiny_model):
-    from workbench.profiling import measure_latency
+    from workbench.measure.profiling import measure_latency
 
     dep = prepare(tiny_model, mode="fused", example_shape=(1, 3, 16, 16))
     r = measure_latency(dep, input_shape=(1, 3, 16, 16), warmup=1, repeats=3, prepared=True)

@@ -11,9 +11,9 @@ import yaml
 
 from conftest import make_smooth_images
 from test_train_loop import StopAt, ToyPatches, _model, _settings
-from workbench.artifacts import load_artifact, state_digest
+from workbench.models.artifacts import load_artifact, state_digest
 from workbench.data.training import PatchDataset
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
 from workbench.train.losses import build_loss, check_loss_specs, needs_teacher, uses_hr

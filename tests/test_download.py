@@ -17,7 +17,7 @@ from workbench.cli import main
 from workbench.data import download as dl
 from workbench.data.images import encode_png
 from workbench.data.training import find_training_pairs
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 class _Server:

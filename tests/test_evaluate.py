@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.cli import main
 from workbench.data.benchmark import ImagePair, PairedSet, load_set
 from workbench.data.images import read_image
-from workbench.errors import WorkbenchError
-from workbench.evaluate import (SetResult, evaluate, evaluate_set, format_table, results_to_json,
+from workbench.core.errors import WorkbenchError
+from workbench.measure.evaluate import (SetResult, evaluate, evaluate_set, format_table, results_to_json,
                                 super_resolve)
 
 CHECKPOINTS = ["rlfn_x4", "rlfn_s_x4", "rlfn_ntire_x4", "ntire22_team04_rlfn", "rlfn_x2", "rlfn_s_x2"]

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from workbench.artifacts import save_artifact
+from workbench.models.artifacts import save_artifact
 from workbench.cli import main
 from workbench.data.benchmark import load_set
 from workbench.prune.export import check_onnx, export_onnx

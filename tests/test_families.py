@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from workbench.artifacts import load_artifact, load_model, save_artifact
-from workbench.errors import WorkbenchError
-from workbench.evaluate import run_model
+from workbench.models.artifacts import load_artifact, load_model, save_artifact
+from workbench.core.errors import WorkbenchError
+from workbench.measure.evaluate import run_model
 from workbench.models import (FAMILIES, RLFNSpec, SPABSpec, SPANSpec, build_model, create_model,
                               family_of, get_family, input_range, list_models)
 from workbench.models.span import spec_from_state_dict as span_spec_from_state_dict
-from workbench.profiling import ntire_counts
+from workbench.measure.profiling import ntire_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +118,7 @@ def test_registry_lists_every_family():
 
 @pytest.mark.slow
 def test_eval_reproduces_expected_figures(shared_dir):
-    from workbench.evaluate import evaluate
+    from workbench.measure.evaluate import evaluate
 
     expected = json.loads((shared_dir / "reference" / "expected.json").read_text())["quality"]
     for name in ("span_ch28_x4", "dipnet_x4"):
@@ -205,8 +205,8 @@ def test_prune_cli_on_span(tmp_path, capsys):
 
 def test_span_and_dipnet_through_sensitivity_export_and_deploy(tmp_path):
     from workbench.data.benchmark import load_set
-    from workbench.deploy import prepare
-    from workbench.evaluate import super_resolve
+    from workbench.measure.deploy import prepare
+    from workbench.measure.evaluate import super_resolve
     from workbench.prune.export import check_onnx, export_onnx
     from workbench.prune.sensitivity import analyze
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.deploy import Deployed, max_gray_diff, prepare
+from workbench.measure.deploy import Deployed, max_gray_diff, prepare
 from workbench.models import FAMILIES, create_model, register_family
 from workbench.models.generic import module_family
 
@@ -72,7 +72,7 @@ def test_fused_within_one_gray_level_and_declared_form(name, images):
     if expected:  # the family's declared form, not the generic one
         assert type(dep.runner).__name__ == expected
     else:  # generic: every conv became one oneDNN primitive
-        from workbench.deploy import _PackedConvModule
+        from workbench.measure.deploy import _PackedConvModule
 
         packed = [m for m in dep.runner.modules() if isinstance(m, _PackedConvModule)]
         assert len(packed) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -101,7 +101,7 @@ def test_span_fused_folds_the_x255_into_conv_1():
 
 def test_generic_fused_without_fx_falls_back_to_packed_convs(images):
     """A forward fx cannot trace (data-dependent branch) keeps its code; its convs are packed."""
-    from workbench.deploy import _PackedConvModule, generic_fused
+    from workbench.measure.deploy import _PackedConvModule, generic_fused
 
     class Branchy(torch.nn.Module):
         def __init__(self) -> None:
@@ -138,7 +138,7 @@ def test_span_released_fused_and_bf16_judged_on_set5():
     """The released span_ch28_x4: fused within one gray level on real images; bf16 judged by
     PSNR (its drop is reported; the verdict is judge_precision's)."""
     from workbench.data.benchmark import load_set
-    from workbench.deploy import judge_precision
+    from workbench.measure.deploy import judge_precision
 
     model = create_model("span_ch28_x4", pretrained=True).eval()
     pset = load_set("Set5", 4)

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import FAMILIES, PRESETS, build_model, group_widths, register_family
 from workbench.models.generic import module_family
 from workbench.search.latency import LatencySettings
@@ -99,7 +99,7 @@ def _cached_specs(tmp_path: Path) -> list[str]:
 
 
 def test_search_on_tiny_span_with_blocks(tmp_path):
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
 
     summary = run_search(_job(tmp_path, "span_tiny_x4", ["block*.mid1=2:6:4", "blocks=2:3"]),
                          compare_rounds=1)
@@ -116,7 +116,7 @@ def test_search_on_tiny_span_with_blocks(tmp_path):
 
 
 def test_search_on_tiny_custom_edsr_in_process(tmp_path):
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
 
     _edsr()
     # a family registered in this process only: the latency worker cannot import it, so time
@@ -136,7 +136,7 @@ def test_search_on_tiny_custom_edsr_in_process(tmp_path):
 
 
 def test_search_stage_on_span_in_a_recipe(tmp_path, monkeypatch):
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
     from workbench.cli import main
 
     monkeypatch.setenv("WORKBENCH_LATENCY_CACHE", str(tmp_path / "lat.sqlite"))

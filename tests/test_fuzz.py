@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from workbench.artifacts import save_artifact
+from workbench.models.artifacts import save_artifact
 from workbench.cli import main
 from workbench.models import RLFN, RLFNSpec
 

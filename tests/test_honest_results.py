@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.artifacts import load_artifact, save_artifact
+from workbench.models.artifacts import load_artifact, save_artifact
 from workbench.cli import main
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,7 +60,7 @@ def test_eval_with_a_missing_data_root_fails(tmp_path: Path, capsys) -> None:
 # -- 6. released weights or an explicit random initialisation -----------------------------------
 
 def test_a_name_without_released_weights_is_refused(capsys) -> None:
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
 
     with pytest.raises(WorkbenchError, match=r"rlfn_s_x3: no released weights at x3.*random:rlfn_s_x3"):
         load_model("rlfn_s_x3")
@@ -89,7 +89,7 @@ def test_recipe_with_a_name_without_weights_is_invalid(tmp_path: Path, capsys) -
 
 def test_released_weights_missing_from_an_installation_are_an_error(tmp_path: Path, monkeypatch) -> None:
     import workbench.models as models
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
 
     monkeypatch.setattr(models, "checkpoint_dir", lambda: tmp_path)
     with pytest.raises(WorkbenchError, match="rlfn_s_x4: released weights rlfn_s_x4.pth not found"):

@@ -9,7 +9,7 @@ import torch
 
 from workbench.data.images import list_images, mod_crop, read_image
 from workbench.data.imresize import (contributions, cubic, downscale, imresize, imresize_torch)
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 def agreement(shared_dir: Path, set_name: str, scale: int) -> tuple[float, int]:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import workbench.deploy as deploy
-import workbench.profiling as profiling
+import workbench.measure.deploy as deploy
+import workbench.measure.profiling as profiling
 from workbench.cli import main
 from workbench.data.benchmark import load_set
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.search.latency import (LatencyMeasurer, LatencySettings, cache_key_fields,
                                       device_name, measure_spec)
 
@@ -105,7 +105,7 @@ def test_latency_settings_modes():
 
 
 class _Recorder:
-    """Wraps workbench.deploy.prepare: records each requested mode, optionally runs another."""
+    """Wraps workbench.measure.deploy.prepare: records each requested mode, optionally runs another."""
 
     def __init__(self, monkeypatch, run_as: str | None = None) -> None:
         self.modes: list[str] = []
@@ -171,11 +171,14 @@ def test_fresh_compile_raises_the_recompile_limit():
 
 def test_one_statistics_definition_everywhere(tiny_spec, tmp_path, monkeypatch):
     values = list(range(1, 11))
-    s = profiling.spread(values, "_ms")
+    from workbench.measure import timing
+
+    assert profiling.spread is timing.spread
+    s = timing.spread(values, "_ms")
     assert s["p90_ms"] == pytest.approx(9.1) and s["median_ms"] == 5.5  # numpy's linear rule
     assert s["iqr_ms"] == pytest.approx(s["p75_ms"] - s["p25_ms"]) and s["max_ms"] == 10
     calls = []
-    real = profiling.spread
+    real = timing.spread
 
     def marked(vals, suffix=""):
         calls.append(len(list(vals)))
@@ -183,7 +186,7 @@ def test_one_statistics_definition_everywhere(tiny_spec, tmp_path, monkeypatch):
         out[f"p90{suffix}"] = 123.0
         return out
 
-    monkeypatch.setattr(profiling, "spread", marked)
+    monkeypatch.setattr(timing, "spread", marked)
     settings = LatencySettings(input_shape=(1, 3, 16, 16), repeats=3, warmup=0, threads=1,
                                isolate=False, cache_path=str(tmp_path / "s.db"))
     assert measure_spec(tiny_spec, settings)["p90_ms"] == 123.0           # profiling's path
@@ -285,8 +288,8 @@ def test_eval_deploy_bf16_reports_the_judgement(tmp_path, capsys):
 
 
 def test_stage_configs_take_a_deploy_mode():
-    from workbench.prune.stages import SensitivityConfig
-    from workbench.search.stages import SearchStageConfig
+    from workbench.stages.prune import SensitivityConfig
+    from workbench.stages.search import SearchStageConfig
 
     assert SearchStageConfig(deploy="fused").validate() == []
     assert any("deploy" in p for p in SearchStageConfig(deploy="warp").validate())

@@ -142,7 +142,7 @@ def test_stage_sets_are_checked_too(tmp_path) -> None:
 
 
 def test_excluded_images_are_not_trained_on(tmp_path) -> None:
-    from workbench.recipes.stage_utils import training_files
+    from workbench.stages.utils import training_files
 
     folder = _train_folder(tmp_path)
     recipe = load_recipe(_recipe(tmp_path, [{"root": str(folder), "exclude": ["302003"]}]))

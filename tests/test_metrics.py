@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from workbench.metrics import gaussian_window, image_metrics, psnr, rgb_to_y, ssim
+from workbench.measure.metrics import gaussian_window, image_metrics, psnr, rgb_to_y, ssim
 
 
 def test_rgb_to_y_matches_matlab_definition():

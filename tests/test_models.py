@@ -10,7 +10,7 @@ import torch
 from workbench.models import (PRESETS, RLFN, BlockSpec, RLFNSpec, create_model, group_widths,
                               list_models, normalize_state_dict, parse_model_name,
                               spec_from_state_dict)
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 CHECKPOINTS = sorted((Path(__file__).resolve().parents[1] / "checkpoints").glob("*.pth"))
 
@@ -33,7 +33,7 @@ def test_checkpoints_are_shipped_with_licence(repo_dir):
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=lambda p: p.stem)
 def test_every_checkpoint_loads_strictly_into_its_preset(path, shared_dir):
     expected = json.loads((shared_dir / "reference" / "expected.json").read_text())["checkpoints"]
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
 
     art = load_artifact(path)  # the family that claims the keys loads them strictly
     spec, model = art.spec, art.model

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.cli import main
 from workbench.data.images import write_image
-from workbench.errors import WorkbenchError
-from workbench.profiling import (measure_latency, ntire_counts, ntire_latency, parse_range,
+from workbench.core.errors import WorkbenchError
+from workbench.measure.profiling import (measure_latency, ntire_counts, ntire_latency, parse_range,
                                  parse_shape, sweep_trunk_widths)
 
 COUNTED = ["rlfn_x4", "rlfn_s_x4", "rlfn_ntire_x4", "rlfn_x2", "rlfn_s_x2"]

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from workbench.progress import tqdm
+from workbench.core.progress import tqdm
 
 
 def test_plain_lines_when_not_a_terminal(monkeypatch):

@@ -7,13 +7,13 @@ import re
 import pytest
 import torch
 
-from workbench.artifacts import save_artifact
+from workbench.models.artifacts import save_artifact
 from workbench.cli import build_parser, main
 from workbench.commands import prune as prune_cmd
 from workbench.data.benchmark import load_set
-from workbench.evaluate import evaluate_set
+from workbench.measure.evaluate import evaluate_set
 from workbench.models import RLFN, RLFNSpec
-from workbench.prune.stages import PruneConfig, SensitivityConfig, SFPConfig
+from workbench.stages.prune import PruneConfig, SensitivityConfig, SFPConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

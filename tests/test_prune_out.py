@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

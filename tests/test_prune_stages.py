@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import make_smooth_images
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.cli import main
 from workbench.models import group_widths
 from workbench.recipes.engine import run_recipe

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.artifacts import load_artifact, save_artifact
-from workbench.errors import WorkbenchError
+from workbench.models.artifacts import load_artifact, save_artifact
+from workbench.core.errors import WorkbenchError
 from workbench.models import RLFN, BlockSpec, RLFNSpec, group_widths
 from workbench.prune.groups import expand_widths, expected_groups
 from workbench.prune.surgery import (channel_groups, drop_blocks, group_importance, prune_to_spec,

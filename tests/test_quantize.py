@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from conftest import make_smooth_images
-from workbench.artifacts import load_artifact
-from workbench.deploy import prepare
-from workbench.errors import ArtifactError, WorkbenchError
+from workbench.models.artifacts import load_artifact
+from workbench.measure.deploy import prepare
+from workbench.core.errors import ArtifactError, WorkbenchError
 from workbench.models import RLFN, RLFNSpec
-from workbench.quantize import QUANT_FILE, QuantConfig, calibration_crops, quantize_ptq
+from workbench.measure.quantize import QUANT_FILE, QuantConfig, calibration_crops, quantize_ptq
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +132,7 @@ def test_qat_stage_artifact_reloads_weights_only(tmp_path: Path, request) -> Non
     torch.load(art_dir / QUANT_FILE, weights_only=True)
     art = load_artifact(art_dir)
     assert set(art.model.quantization) == {"config", "state"}
-    from workbench.quantize import int8_from_model
+    from workbench.measure.quantize import int8_from_model
 
     converted, info = int8_from_model(art.model)
     assert info["source"] == "stored" and info["qat"] is True
@@ -153,7 +153,7 @@ def test_qat_stage_artifact_reloads_weights_only(tmp_path: Path, request) -> Non
 def test_restored_state_gives_the_calibrated_graph() -> None:
     """restore_prepared + convert reproduces the converted graph of the calibration exactly,
     including the observer that max-pool's input and output share (one module, two names)."""
-    from workbench.quantize import calibrate, convert, prepare_model, quant_state, restore_prepared
+    from workbench.measure.quantize import calibrate, convert, prepare_model, quant_state, restore_prepared
 
     model, cfg = _model(), QuantConfig()
     calib = _smooth_lr(3, 32, seed=1)

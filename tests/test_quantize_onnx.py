@@ -1,4 +1,4 @@
-"""QDQ ONNX export of an int8 artifact (workbench.quantize_onnx, `workbench export --int8`),
+"""QDQ ONNX export of an int8 artifact (workbench.measure.quantize_onnx, `workbench export --int8`),
 checked with onnxruntime, on a tiny RLFN calibrated post-training on a few real crops."""
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx (pip install w
 pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
 pytest.importorskip("onnxruntime", reason="the check needs onnxruntime (pip install workbench[export])")
 
-from workbench.artifacts import load_artifact, save_artifact  # noqa: E402
+from workbench.models.artifacts import load_artifact, save_artifact  # noqa: E402
 from workbench.cli import main  # noqa: E402
 from workbench.data.benchmark import load_set  # noqa: E402
 from workbench.models import RLFN, RLFNSpec  # noqa: E402
-from workbench.quantize import (QUANT_FILE, QuantConfig, calibrate, int8_from_model,  # noqa: E402
+from workbench.measure.quantize import (QUANT_FILE, QuantConfig, calibrate, int8_from_model,  # noqa: E402
                                 prepare_model, quant_state, save_int8_artifact)
-from workbench.quantize_onnx import OrtModule, _graph_qparams, export_int8_onnx  # noqa: E402
+from workbench.measure.quantize_onnx import OrtModule, _graph_qparams, export_int8_onnx  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,7 +101,7 @@ def test_export_int8_cli_checks_psnr(int8_art, tmp_path, capsys, monkeypatch) ->
     text = capsys.readouterr().out
     assert "QDQ: 16 int8 convs, 5 fp32" in text and "torch int8" in text and "check OK" in text
     # a gap beyond the limit fails in one line with exit 2 (the file above reused: no export)
-    import workbench.quantize_onnx as qo
+    import workbench.measure.quantize_onnx as qo
 
     info = {"path": out, "size": out.stat().st_size, "int8_convs": 16, "fp32_convs": [""] * 5,
             "quantize": 1, "dequantize": 1}

@@ -16,9 +16,9 @@ import yaml
 pytest.importorskip("torchao", reason="the quantize stage needs torchao (pip install workbench[int8])")
 
 from conftest import make_smooth_images  # noqa: E402
-from workbench.artifacts import load_artifact  # noqa: E402
-from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.quantize_stage import QAT_CHECKPOINT_FILE  # noqa: E402
+from workbench.models.artifacts import load_artifact  # noqa: E402
+from workbench.core.errors import WorkbenchError  # noqa: E402
+from workbench.stages.quantize import QAT_CHECKPOINT_FILE  # noqa: E402
 from workbench.recipes.engine import run_recipe  # noqa: E402
 from workbench.recipes.loader import load_recipe  # noqa: E402
 
@@ -87,7 +87,7 @@ def test_qat_sigkill_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
 
 
 def test_qat_checkpoint_from_other_settings_or_damaged_is_refused(tmp_path: Path) -> None:
-    from workbench.quantize_stage import _load_qat_checkpoint
+    from workbench.stages.quantize import _load_qat_checkpoint
 
     recipe = _recipe(tmp_path, iterations=3, checkpoint_every=1)
     run = tmp_path / "run"

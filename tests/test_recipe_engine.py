@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import make_smooth_images
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
 
@@ -129,7 +129,7 @@ def test_model_given_as_widths_and_failure_keeps_done_stages(tmp_path: Path) -> 
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     # stage b's 64-pixel patches do not fit the 48-pixel images: a clear error; stage a stays done
     with pytest.raises(WorkbenchError, match="smaller than the 64x64 training patch"):

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from workbench.cli import main
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.recipes.loader import RecipeError, load_recipe, parse_recipe
-from workbench.train.stages import ContrastiveConfig, FinetuneConfig, TrainFromScratchConfig
+from workbench.stages.train import ContrastiveConfig, FinetuneConfig, TrainFromScratchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

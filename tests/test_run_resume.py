@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import make_smooth_images
-from workbench.artifacts import load_artifact
+from workbench.models.artifacts import load_artifact
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
 from workbench.train.loop import load_checkpoint

@@ -84,7 +84,7 @@ def test_a_symlinked_stage_folder_is_not_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     (outside / "artifact").mkdir(parents=True)
     (run / "00-eval").symlink_to(outside)
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     with pytest.raises(WorkbenchError, match="outside the run folder"):
         run_recipe(load_recipe(path), run_dir=run, progress=False)
@@ -181,7 +181,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path: Path) -> None:
 
 
 def test_lock_names_its_holder(tmp_path: Path) -> None:
-    from workbench.locks import LockedError, exclusive_lock
+    from workbench.core.locks import LockedError, exclusive_lock
 
     with exclusive_lock(tmp_path / "x.lock", what="thing"):
         assert f"pid {os.getpid()} " in (tmp_path / "x.lock").read_text()

@@ -16,7 +16,7 @@ import optuna
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import RLFN, RLFNSpec
 from workbench.search.latency import DeviceLock, LatencyMeasurer, LatencySettings
 from workbench.search.objective import ObjectiveConfig, pareto_front
@@ -210,7 +210,7 @@ def test_psnr_floor_marks_infeasible_and_best_is_feasible(tmp_path):
     assert all(r.feasible for r in trial_rows(study) if r.number in {f["trial"] for f in summary["front"]})
     for name in ("trials.csv", "pareto.csv", "pareto.md", "pareto.png", "summary.json"):
         assert (Path(job.out_dir) / name).stat().st_size > 0
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
 
     best = load_artifact(Path(job.out_dir) / "best")
     assert spec_key(best.spec) == summary["best"]["spec_key"]
@@ -388,7 +388,7 @@ def test_cli_rejects_bad_space(tmp_path, capsys):
 
 
 def test_search_stage_in_a_tiny_recipe(tmp_path, monkeypatch):
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
     from workbench.cli import main
 
     monkeypatch.setenv("WORKBENCH_LATENCY_CACHE", str(tmp_path / "lat.sqlite"))

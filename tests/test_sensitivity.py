@@ -10,7 +10,7 @@ import torch
 
 from workbench.cli import main
 from workbench.data.benchmark import ImagePair, PairedSet
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.prune.groups import expected_groups
 from workbench.prune.sensitivity import (ActivationCache, analyze, channels_to_remove,
                                          forward_from, start_point, write_outputs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.artifacts import load_artifact, save_artifact
+from workbench.models.artifacts import load_artifact, save_artifact
 from workbench.models import group_widths
 from workbench.prune.groups import expected_groups
 from workbench.prune.sfp import SoftFilterPruning, zero_channels

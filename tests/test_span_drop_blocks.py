@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import create_model
 from workbench.prune.surgery import drop_blocks, prune_to_widths
 
@@ -57,7 +57,7 @@ def test_tap_width_must_match_and_keep_is_checked():
 
 
 def test_prune_stage_keep_blocks_on_span(tmp_path):
-    from workbench.artifacts import load_artifact
+    from workbench.models.artifacts import load_artifact
     from workbench.cli import main
 
     recipe = tmp_path / "drop.yaml"

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import workbench.artifacts as artifacts
-from workbench.errors import WorkbenchError
+import workbench.models.artifacts as artifacts
+from workbench.core.errors import WorkbenchError
 from workbench.models import create_model
 from workbench.train.loop import (CHECKPOINT_FILE, Callback, TrainingDiverged, TrainSettings,
                                   epoch_batches, fit, load_checkpoint)
@@ -125,7 +125,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
 
 
 class FailWritesFrom(Callback):
-    """From iteration ``at`` on, every file written through workbench.artifacts runs out of space
+    """From iteration ``at`` on, every file written through workbench.models.artifacts runs out of space
     half-way through (the real atomic-write code runs; only the low-level write fails)."""
 
     def __init__(self, monkeypatch, at: int) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.train.losses import LOSSES, ContrastiveLoss, build_loss, register_loss
 
 

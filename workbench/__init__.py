@@ -7,8 +7,8 @@ _API = {
     "register_family": ("workbench.models.family", "register_family"),
     "Family": ("workbench.models.family", "Family"),
     "module_family": ("workbench.models.generic", "module_family"),
-    "load_model": ("workbench.artifacts", "load_model"),
-    "save_artifact": ("workbench.artifacts", "save_artifact"),
+    "load_model": ("workbench.models.artifacts", "load_model"),
+    "save_artifact": ("workbench.models.artifacts", "save_artifact"),
     "channel_groups": ("workbench.prune.groups", "channel_groups"),
     "prune_to_widths": ("workbench.prune.surgery", "prune_to_widths"),
 }

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from workbench import __version__
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 # name -> module under workbench.commands, in the order --help lists them.
 COMMANDS: dict[str, str] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 HELP = "download DIV2K/Flickr2K/BSDS500, make bicubic LR images, check a data set"
 DESCRIPTION = """\
@@ -82,7 +82,7 @@ def _download(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--retries must be >= 0, got {args.retries}")
     if not args.timeout > 0:
         raise WorkbenchError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
-    from workbench.outputs import check_output_dir
+    from workbench.core.outputs import check_output_dir
 
     check_output_dir(args.root, "--root")
     fetched = download_dataset(args.dataset, args.root, scales=args.scales, valid=not args.no_valid,
@@ -96,12 +96,12 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _make_lr(args: argparse.Namespace) -> int:
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     from workbench.data.images import list_images, mod_crop, read_image, write_image
     from workbench.data.imresize import downscale
 
-    from workbench.outputs import check_output_dir
+    from workbench.core.outputs import check_output_dir
 
     if args.scale < 1:
         raise WorkbenchError(f"--scale must be >= 1, got {args.scale}")

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run the model (default: auto = CUDA if available)")
     parser.add_argument("--deploy", default=None, metavar="MODE",
-                        help="evaluate the model as prepared by workbench.deploy in MODE "
+                        help="evaluate the model as prepared by workbench.measure.deploy in MODE "
                              "(channels_last, fused, compile, bf16, ...) to check what deploying "
                              "costs in quality; a reduced precision (bf16, fp16) is judged against "
                              "fp32: accepted when PSNR-Y drops by at most 0.01 dB on each set")
@@ -68,19 +68,19 @@ def _labels(refs: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.artifacts import atomic_write_json, environment, load_model
-    from workbench.evaluate import evaluate, format_table, resolve_device, results_to_json
+    from workbench.models.artifacts import atomic_write_json, environment, load_model
+    from workbench.measure.evaluate import evaluate, format_table, resolve_device, results_to_json
 
-    from workbench.outputs import check_output_dir, check_output_file
+    from workbench.core.outputs import check_output_dir, check_output_file
 
     check_output_file(args.out, "--out")
     check_output_dir(args.save_sr, "--save-sr")
     device = resolve_device(args.device)
     if args.deploy is not None:
-        from workbench.deploy import check_mode, prepare
+        from workbench.measure.deploy import check_mode, prepare
 
         check_mode(args.deploy, device)
-    from workbench.deploy import REDUCED_PRECISION, judge_precision
+    from workbench.measure.deploy import REDUCED_PRECISION, judge_precision
     sets = args.sets or ["Set5"]
     # Load every model first so that a bad file fails before any evaluation work.
     arts = [load_model(ref) for ref in args.model]

@@ -17,7 +17,7 @@ delivered (outputs clamped and rounded to uint8): exit status 1 if any pixel dif
 With --int8 the model must be an int8 artifact (the quantize stage's: model.pt + quant.pt) and the
 file is its QDQ form (opset 18 or newer): int8 per-channel weights behind DequantizeLinear,
 QuantizeLinear/DequantizeLinear pairs with the learned activation scales and zero-points, the
-layers the quantization config keeps fp32 as fp32 convs (workbench.quantize_onnx). --check then
+layers the quantization config keeps fp32 as fp32 convs (workbench.measure.quantize_onnx). --check then
 scores onnxruntime on every image of --set (PSNR-Y) beside torch int8 (the converted graph of
 deploy mode int8, q/dq arithmetic) and fp32, prints the largest gray-level difference ORT vs
 torch int8, and fails (exit 2) when the two PSNR-Y differ by more than 0.05 dB.
@@ -56,11 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from workbench.artifacts import load_model
-    from workbench.errors import WorkbenchError
+    from workbench.models.artifacts import load_model
+    from workbench.core.errors import WorkbenchError
     from workbench.prune.export import check_onnx, export_onnx
 
-    from workbench.outputs import check_output_file
+    from workbench.core.outputs import check_output_file
     from workbench.prune.export import check_opset
 
     if args.int8:
@@ -105,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_int8(args: argparse.Namespace) -> int:
     """``--int8``: QDQ export of an int8 artifact; ``--check`` judges it by PSNR-Y."""
-    from workbench.artifacts import load_model
-    from workbench.errors import WorkbenchError
-    from workbench.outputs import check_output_file
-    from workbench.quantize_onnx import (INT8_MIN_OPSET, MAX_PSNR_GAP_DB, check_int8_onnx,
+    from workbench.models.artifacts import load_model
+    from workbench.core.errors import WorkbenchError
+    from workbench.core.outputs import check_output_file
+    from workbench.measure.quantize_onnx import (INT8_MIN_OPSET, MAX_PSNR_GAP_DB, check_int8_onnx,
                                          export_int8_onnx)
 
     opset = INT8_MIN_OPSET if args.opset is None else args.opset

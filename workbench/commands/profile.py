@@ -19,7 +19,7 @@ random input of --input shape (CUDA events + synchronisation on GPU, perf_counte
 --sweep rebuilds the model with each trunk width of a range (random weights) and measures them
 interleaved, writing a CSV and a PNG plot: latency does not fall smoothly with width.
 
-Latency is measured in a deploy mode (workbench.deploy), by default the device's fastest fp32
+Latency is measured in a deploy mode (workbench.measure.deploy), by default the device's fastest fp32
 mode (fused on CPU for an RLFN, cuda_graph on GPU); --deploy eager times the model as is (and is
 implied by --dtype bf16/fp16 or --channels-last).
 
@@ -54,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device for the latency (default: auto = CUDA if available)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="weights and input dtype for the latency (fp16: CUDA only)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed forward passes (default 20)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed passes first (default 5)")
+    from workbench.measure.timing import DEFAULT_REPEATS, DEFAULT_WARMUP
+
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help=f"timed forward passes (default {DEFAULT_REPEATS})")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                        help=f"untimed passes first (default {DEFAULT_WARMUP})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for the measurement (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -65,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="time with channels_last memory format (model and input)")
     parser.add_argument("--deploy", default=None, nargs="+", metavar="MODE",
-                        help="time the model prepared by workbench.deploy in MODE (eager, "
+                        help="time the model prepared by workbench.measure.deploy in MODE (eager, "
                              "channels_last, fused, compile, bf16, fp16, cuda_graph, ...; default: "
                              "the device's fastest fp32 mode); several are timed side by side")
     parser.add_argument("--judge", nargs="?", const="Set5", default=None, metavar="SET",
@@ -92,7 +96,7 @@ def _fmt_ms(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     if len(args.model) > 1 or (args.deploy is not None and len(args.deploy) > 1):
         return run_compare(args)
@@ -104,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _common_checks(args: argparse.Namespace):
-    from workbench.errors import WorkbenchError
-    from workbench.evaluate import resolve_device
-    from workbench.profiling import parse_shape
+    from workbench.core.errors import WorkbenchError
+    from workbench.measure.evaluate import resolve_device
+    from workbench.measure.profiling import parse_shape
 
     shape = parse_shape(args.input)
     if args.repeats < 1 or args.warmup < 0:
@@ -116,12 +120,12 @@ def _common_checks(args: argparse.Namespace):
 
 def run_compare(args: argparse.Namespace) -> int:
     """Every (model, mode) pair timed interleaved in one run; ratios to the first pair."""
-    from workbench.artifacts import atomic_write_json, environment, load_model
+    from workbench.models.artifacts import atomic_write_json, environment, load_model
     from workbench.commands.eval import _labels
-    from workbench.deploy import (REDUCED_PRECISION, check_mode, default_mode, fresh_compile,
+    from workbench.measure.deploy import (REDUCED_PRECISION, check_mode, default_mode, fresh_compile,
                                   judge_precision, prepare)
-    from workbench.errors import WorkbenchError
-    from workbench.profiling import compare_latency, ntire_counts
+    from workbench.core.errors import WorkbenchError
+    from workbench.measure.profiling import compare_latency, ntire_counts
 
     shape, device = _common_checks(args)
     if args.sweep or args.ntire_folder is not None or args.no_latency:
@@ -198,14 +202,14 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_single(args: argparse.Namespace) -> int:
-    from workbench.artifacts import atomic_write_json, environment, load_model
-    from workbench.errors import WorkbenchError
-    from workbench.evaluate import resolve_device
-    from workbench.profiling import (measure_latency, ntire_counts, ntire_latency, parse_dtype,
+    from workbench.models.artifacts import atomic_write_json, environment, load_model
+    from workbench.core.errors import WorkbenchError
+    from workbench.measure.evaluate import resolve_device
+    from workbench.measure.profiling import (measure_latency, ntire_counts, ntire_latency, parse_dtype,
                                      parse_range, parse_shape, plot_sweep, sweep_trunk_widths,
                                      write_sweep_csv)
 
-    from workbench.outputs import check_output_dir, check_output_file
+    from workbench.core.outputs import check_output_dir, check_output_file
 
     shape = parse_shape(args.input)
     check_output_file(args.out, "--out")
@@ -219,7 +223,7 @@ def run_single(args: argparse.Namespace) -> int:
     widths = parse_range(args.sweep) if args.sweep else None
     device = resolve_device(args.device)
     if args.deploy is not None and args.deploy != "eager":
-        from workbench.deploy import check_mode
+        from workbench.measure.deploy import check_mode
 
         check_mode(args.deploy, device)
         if args.dtype != "fp32" or args.channels_last:
@@ -228,7 +232,7 @@ def run_single(args: argparse.Namespace) -> int:
     art = load_model(args.model)
     model = art.model.eval()
     if args.deploy is None and args.dtype == "fp32" and not args.channels_last:
-        from workbench.deploy import default_mode
+        from workbench.measure.deploy import default_mode
 
         args.deploy = default_mode(device, model)  # the fastest fp32 mode of this device
     if args.deploy == "eager":
@@ -248,7 +252,7 @@ def run_single(args: argparse.Namespace) -> int:
     common = dict(device=device, dtype=dtype, threads=args.threads, channels_last=args.channels_last)
     timed, prepared = model, False
     if args.deploy is not None and not (args.no_latency and args.ntire_folder is None):
-        from workbench.deploy import prepare
+        from workbench.measure.deploy import prepare
 
         timed, prepared = prepare(model, device=device, mode=args.deploy, example_shape=shape), True
         report["deploy_mode"] = args.deploy

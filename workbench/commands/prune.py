@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 HELP = "list a model's channel groups, or prune it physically to given group widths"
 
@@ -93,7 +93,7 @@ def _groups_table(model) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from workbench.artifacts import load_model, make_lineage, save_artifact
+    from workbench.models.artifacts import load_model, make_lineage, save_artifact
 
     if args.prune_command is None:
         raise WorkbenchError("say what to do: 'workbench prune groups' or 'workbench prune apply' "
@@ -121,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
     widths = parse_widths(args.widths)
     if args.latency and args.deploy is not None:  # a bad mode fails before any work
-        from workbench.deploy import check_mode
+        from workbench.measure.deploy import check_mode
 
         check_mode(args.deploy, "cpu")
-    from workbench.artifacts import is_artifact_folder
+    from workbench.models.artifacts import is_artifact_folder
 
     if args.out.exists() and not args.force and not is_artifact_folder(args.out):
         # before any pruning work; save_artifact refuses it too
@@ -169,7 +169,7 @@ MAX_DROP_DB = 0.5
 def set5_psnr_y(model) -> float:
     """Mean PSNR-Y (paper protocol) of ``model`` on the embedded Set5 at its scale, on the CPU."""
     from workbench.data.benchmark import load_set
-    from workbench.evaluate import evaluate_set
+    from workbench.measure.evaluate import evaluate_set
 
     return float(evaluate_set(model, load_set("Set5", model.spec.scale), device="cpu",
                               progress=False).mean["psnr_y"])
@@ -177,8 +177,8 @@ def set5_psnr_y(model) -> float:
 
 def _latency_line(parent, pruned, args: argparse.Namespace) -> str:
     """Parent and pruned model timed interleaved in one deploy mode: the ratio and its spread."""
-    from workbench.deploy import check_mode, default_mode, prepare
-    from workbench.profiling import compare_latency, parse_shape
+    from workbench.measure.deploy import check_mode, default_mode, prepare
+    from workbench.measure.profiling import compare_latency, parse_shape
 
     shape = parse_shape(args.latency_shape)
     if args.latency_rounds < 1:

@@ -49,7 +49,7 @@ def default_run_dir(recipe: "object", *, smoke: bool, root: str = "runs") -> "ob
     import re
     from pathlib import Path
 
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
     from workbench.recipes.schema import RUN_NAME_PATTERN
 
     name = recipe.name + ("-smoke" if smoke else "")
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     import re
 
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     if args.device is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
         raise WorkbenchError(f"--device {args.device!r}: choose auto, cpu, cuda or cuda:N")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 HELP = "search channel widths for the best PSNR/latency trade-off on this device (Optuna)"
 
@@ -47,12 +47,33 @@ Example (rlfn_s_x4 on this 2-core CPU: 32 trials in about 25 minutes, 2 workers)
 """
 
 
+def _num(value: float) -> str:
+    """1e-4 as 1e-4 (not 0.0001), 0.5 as 0.5."""
+    return ("%.0e" % value).replace("e-0", "e-") if 0 < abs(value) < 1e-3 else f"{value:g}"
+
+
+def stage_defaults() -> dict[str, object]:
+    """The ``search`` recipe stage's defaults (:class:`workbench.stages.search.SearchStageConfig`,
+    itself taking the fine-tune and latency ones from FinetuneSettings and LatencySettings): the
+    flags' defaults, so the command and the stage cannot drift apart."""
+    import dataclasses
+
+    from workbench.stages.search import SearchStageConfig
+
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(SearchStageConfig)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from workbench.search.objective import FinetuneSettings
+
+    d = stage_defaults()
+    space = [f"{k}={v}" for k, v in d["space"].items()]
     parser.add_argument("--model", required=True, metavar="REF",
                         help="parent: an artifact folder, a .pth, or a name such as rlfn_s_x4")
-    parser.add_argument("--trials", type=int, default=30, metavar="N",
-                        help="total number of trials in the study, over all workers (default 30)")
-    parser.add_argument("--objective", choices=("pareto", "latency", "psnr"), default="pareto",
+    parser.add_argument("--trials", type=int, default=d["trials"], metavar="N",
+                        help=f"total number of trials in the study, over all workers (default {d['trials']})")
+    parser.add_argument("--objective", choices=("pareto", "latency", "psnr"), default=d["objective"],
                         help="pareto (default), latency (under a PSNR floor) or psnr (under a latency budget)")
     parser.add_argument("--latency-budget", type=float, metavar="MS",
                         help="constraint: latency <= MS milliseconds")
@@ -60,23 +81,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     floor.add_argument("--psnr-min", type=float, metavar="DB", help="constraint: PSNR-Y >= DB")
     floor.add_argument("--psnr-drop", type=float, metavar="DB",
                        help="constraint: PSNR-Y >= the parent's PSNR - DB (e.g. 0.1)")
-    parser.add_argument("--space", nargs="+", default=["trunk=32:48:8", "mid=24:48:8"],
+    parser.add_argument("--space", nargs="+", default=space,
                         metavar="DIM=LOW:HIGH[:STEP]",
                         help="search dimensions among trunk, mid, esa, blocks (RLFN) or channel "
                              "groups of any family (group:NAME, or a pattern such as block*.mid1) "
-                             "(default: trunk=32:48:8 mid=24:48:8); a single value fixes one")
+                             f"(default: {' '.join(space)}); a single value fixes one")
     parser.add_argument("--per-block", action="store_true",
                         help="sample mid and esa once per block instead of once for all blocks")
-    parser.add_argument("--finetune-iters", type=int, default=0, metavar="K",
-                        help="fine-tune iterations per candidate (default 0: score the pruned model)")
-    parser.add_argument("--batch-size", type=int, default=16, help="fine-tune batch size (default 16)")
-    parser.add_argument("--patch-size", type=int, default=96,
-                        help="fine-tune HR patch side in pixels (default 96; multiple of the scale)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tune learning rate (default 1e-4)")
-    parser.add_argument("--finetune-loss", choices=("l1", "l2", "distill"), default="l1",
+    parser.add_argument("--finetune-iters", type=int, default=d["finetune_iters"], metavar="K",
+                        help=f"fine-tune iterations per candidate (default {d['finetune_iters']}: score "
+                             "the pruned model)")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"],
+                        help=f"fine-tune batch size (default {d['batch_size']})")
+    parser.add_argument("--patch-size", type=int, default=d["patch_size"],
+                        help=f"fine-tune HR patch side in pixels (default {d['patch_size']}; multiple of "
+                             "the scale)")
+    parser.add_argument("--lr", type=float, default=d["lr"], help=f"fine-tune learning rate (default {_num(d['lr'])})")
+    parser.add_argument("--finetune-loss", choices=("l1", "l2", "distill"), default=FinetuneSettings.loss,
                         help="fine-tune loss: l1/l2 against HR, or distill: L1 to the teacher's SR "
-                             "(default l1)")
-    parser.add_argument("--teacher", default="parent", metavar="REF",
+                             f"(default {FinetuneSettings.loss})")
+    parser.add_argument("--teacher", default=d["teacher"], metavar="REF",
                         help="teacher of --finetune-loss distill: parent (the --model) or a model REF")
     parser.add_argument("--train-data", metavar="DIR",
                         help="HR images for the fine-tunes (default: the sample images shipped with "
@@ -84,27 +108,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-set", default="Set5",
                         help="validation set: a name (Set5 is embedded) or a folder (default Set5)")
     parser.add_argument("--data-root", metavar="DIR", help="where named sets are looked up")
-    parser.add_argument("--criterion", default="output",
+    parser.add_argument("--criterion", default=d["criterion"],
                         help="channel importance for pruning, ranked once on the parent (default output: "
                              "the output change when a channel is silenced; l1/l2 filter norms are "
                              "instant but misjudge the stem group trunk.0)")
-    parser.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe",
-                        help="Optuna sampler (default tpe)")
+    parser.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default=d["sampler"],
+                        help=f"Optuna sampler (default {d['sampler']})")
     parser.add_argument("--storage", metavar="URL",
                         help="Optuna storage: sqlite:///path.db, journal:///path.log, postgresql://... "
                              "(default sqlite:///OUT/study.db)")
-    parser.add_argument("--study-name", default="search", help="study name in the storage (default search)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="worker processes adding trials to the study (default 1)")
+    parser.add_argument("--study-name", default=d["study_name"],
+                        help=f"study name in the storage (default {d['study_name']})")
+    parser.add_argument("--workers", type=int, default=d["workers"], metavar="N",
+                        help=f"worker processes adding trials to the study (default {d['workers']})")
     parser.add_argument("--out", default="runs/search", metavar="DIR",
                         help="output folder (default runs/search)")
     parser.add_argument("--device", default="cpu", help="device to train and measure on (cpu, cuda)")
-    parser.add_argument("--input-shape", default="1,3,256,256", metavar="N,C,H,W",
-                        help="LR input shape timed (default 1,3,256,256, the NTIRE setting)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                        help="precision timed (default float32)")
-    parser.add_argument("--deploy", default=None, metavar="MODE",
-                        help="deploy mode the candidates are timed in (workbench.deploy: eager, "
+    shape = ",".join(str(v) for v in d["input_shape"])
+    parser.add_argument("--input-shape", default=shape, metavar="N,C,H,W",
+                        help=f"LR input shape timed (default {shape}, the NTIRE setting)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=d["dtype"],
+                        help=f"precision timed (default {d['dtype']})")
+    parser.add_argument("--deploy", default=d["deploy"], metavar="MODE",
+                        help="deploy mode the candidates are timed in (workbench.measure.deploy: eager, "
                              "channels_last, fused, compile, bf16, fp16, cuda_graph ...; default: "
                              "the device's fastest fp32 mode, fused on CPU, cuda_graph on GPU); "
                              "compile compiles every candidate afresh (seconds each)")
@@ -113,12 +139,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-threads", type=int, metavar="T",
                         help="torch threads per worker for fine-tuning and evaluation (default: cores / "
                              "workers); 1 is much faster on a machine others are using")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per latency (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up runs per latency (default 3)")
-    parser.add_argument("--latency-stat", choices=("median", "min"), default="median",
-                        help="statistic of the repeats the search optimises (default median; min "
+    parser.add_argument("--repeats", type=int, default=d["repeats"],
+                        help=f"timed repeats per latency (default {d['repeats']})")
+    parser.add_argument("--warmup", type=int, default=d["warmup"],
+                        help=f"warm-up runs per latency (default {d['warmup']})")
+    parser.add_argument("--latency-stat", choices=("median", "min"), default=d["latency_statistic"],
+                        help=f"statistic of the repeats the search optimises (default {d['latency_statistic']}; min "
                              "resists load from other processes on a shared machine)")
-    parser.add_argument("--premeasure", type=int, default=0, metavar="N",
+    parser.add_argument("--premeasure", type=int, default=d["premeasure"], metavar="N",
                         help="measure every configuration of the space before training when it has at "
                              "most N (one quiet block of timings; later trials hit the cache)")
     parser.add_argument("--ntire-folder", metavar="DIR",
@@ -128,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "$WORKBENCH_LATENCY_CACHE)")
     parser.add_argument("--reference", metavar="REF",
                         help="also mark this model on the plot (e.g. rlfn_ntire_x4)")
-    parser.add_argument("--compare-rounds", type=int, default=5,
+    parser.add_argument("--compare-rounds", type=int, default=d["compare_rounds"],
                         help="rounds of the final side-by-side parent/selected timing (0: skip)")
     parser.add_argument("--leakage", choices=("error", "warn", "off"), default="error",
                         help="a fine-tune image identical or nearly identical to an image of the "
@@ -192,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.search.study import run_search
 
     check_leakage(args)
-    from workbench.outputs import check_output_dir, check_output_file
+    from workbench.core.outputs import check_output_dir, check_output_file
 
     check_output_file(args.latency_cache, "--latency-cache")
     check_output_dir(args.out, "--out")

@@ -31,12 +31,18 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # the defaults are the `sensitivity` recipe stage's (one source: SensitivityConfig)
+    from workbench.stages.prune import SensitivityConfig
+
+    d = SensitivityConfig()
+    ratios = " ".join(f"{r:g}" for r in d.ratios)
+    shape = ",".join(str(v) for v in d.latency_shape)
     parser.add_argument("--model", required=True, metavar="REF",
                         help="a model name (rlfn_x4), released .pth or artifact")
-    parser.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.25, 0.5, 0.75, 0.9],
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(d.ratios),
                         metavar="R", help="fractions of each group's channels to remove, each in "
-                                          "(0, 1) (default: 0.1 0.25 0.5 0.75 0.9)")
-    parser.add_argument("--criterion", default="output", metavar="NAME",
+                                          f"(0, 1) (default: {ratios})")
+    parser.add_argument("--criterion", default=d.criterion, metavar="NAME",
                         help="importance criterion: output (default: the measured output change when "
                              "a channel is silenced; slower, and far better for trunk.0) or l1, l2, "
                              "l1_full (filter norms: instant, but they misjudge trained SR weights)")
@@ -53,13 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=False,
                         help="also measure each pruned model's latency (median of "
                              "--latency-repeats on --latency-shape; default off)")
-    parser.add_argument("--latency-shape", default="1,3,128,128", metavar="N,C,H,W",
-                        help="input shape for the latency measurement (default 1,3,128,128)")
-    parser.add_argument("--latency-repeats", type=int, default=5, metavar="N",
+    parser.add_argument("--latency-shape", default=shape, metavar="N,C,H,W",
+                        help=f"input shape for the latency measurement (default {shape})")
+    parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats, metavar="N",
                         help="pairs (baseline, pruned) timed interleaved per pruned model; the "
-                             "ratio's median and p10-p90 come from them (default 5)")
+                             f"ratio's median and p10-p90 come from them (default {d.latency_repeats})")
     parser.add_argument("--deploy", default=None, metavar="MODE",
-                        help="deploy mode the latency is measured in (workbench.deploy: eager, "
+                        help="deploy mode the latency is measured in (workbench.measure.deploy: eager, "
                              "channels_last, fused, compile, bf16 ...; default: the device's "
                              "fastest fp32 mode, fused on CPU)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
@@ -75,10 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
     from workbench.data.benchmark import load_set
-    from workbench.errors import WorkbenchError
-    from workbench.profiling import parse_shape
+    from workbench.core.errors import WorkbenchError
+    from workbench.measure.profiling import parse_shape
     from workbench.prune.sensitivity import analyze, format_ranking, write_outputs
 
     if args.threads is not None:
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.latency_repeats < 1:
         raise WorkbenchError(f"--latency-repeats must be >= 1, got {args.latency_repeats}")
-    from workbench.outputs import check_output_dir
+    from workbench.core.outputs import check_output_dir
 
     check_output_dir(args.out, "--out")
     latency_shape = parse_shape(args.latency_shape)

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
     from workbench.recipes.loader import describe_stage_types, load_recipe
 
     if args.explain:
@@ -86,8 +86,8 @@ def patch_problems(recipe) -> list[str]:
     """Every training stage whose HR patch is larger than one of its training images (read from
     the image headers, nothing decoded): the run would stop there, maybe hours in."""
     from workbench.data.images import image_size
-    from workbench.errors import WorkbenchError
-    from workbench.recipes.stage_utils import training_files
+    from workbench.core.errors import WorkbenchError
+    from workbench.stages.utils import training_files
 
     problems: list[str] = []
     sizes: dict[str, tuple[int, int]] = {}

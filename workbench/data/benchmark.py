@@ -22,7 +22,7 @@ import numpy as np
 
 from workbench.data.images import list_images, mod_crop, read_image
 from workbench.data.imresize import downscale
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 #: Folder holding the sets shipped inside the package.
 EMBEDDED_ROOT = Path(__file__).resolve().parent / "sets"
@@ -156,7 +156,7 @@ def check_pair_sizes(hr_shape: tuple[int, ...], lr_shape: tuple[int, ...], scale
 
 
 def _progress(items: list, desc: str):
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     return tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 8 or None)
 

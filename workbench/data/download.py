@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 FLICKR2K_URL = "https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar"
@@ -157,7 +157,7 @@ def parse_checksum(text: str) -> tuple[str, str]:
 
 def file_digest(path: Path, algo: str, *, progress: bool = True) -> str:
     """Hex digest of a file, read in 1 MiB chunks with a progress bar for big files."""
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     digest = hashlib.new(algo)
     size = path.stat().st_size
@@ -197,7 +197,7 @@ def _total_size(response, start: int) -> int | None:
 
 def _fetch_once(url: str, part: Path, *, expected_size: int | None, timeout: float, progress: bool) -> None:
     """Append the rest of ``url`` to ``part`` (one HTTP request). Raises on an interrupted transfer."""
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     start = part.stat().st_size if part.exists() else 0
     if expected_size is not None and start > expected_size:
@@ -437,7 +437,7 @@ def fetch_archive(archive: Archive, root: Path, *, checksum: str | None = None, 
               "verified": bool(expected), "provides": archive.provides}
     if archive.members:
         record["folders"] = list(archive.targets)
-    from workbench.artifacts import atomic_write_json
+    from workbench.core.files import atomic_write_json
 
     atomic_write_json(_record_path(root, archive), record)
     if not keep_archive:

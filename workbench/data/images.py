@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 #: File suffixes (lower case) that :func:`list_images` treats as images.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp",
@@ -135,7 +135,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
 
     The file is always PNG (lossless), whatever the suffix; parent folders are created.
     """
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     path = Path(path)
     array = _check_image_array(array, str(path))

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from workbench.data.images import read_image
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 #: Side of the stored thumbnail; the hashes use its 2x2 averages (16x16).
 THUMB = 32
@@ -279,7 +279,7 @@ class SignatureCache:
 
     def many(self, paths: Iterable[str | os.PathLike], *, desc: str = "image signatures",
              progress: bool = True) -> list[ImageSignature]:
-        from workbench.progress import tqdm
+        from workbench.core.progress import tqdm
 
         paths = list(paths)
         return [self.get(p) for p in tqdm(paths, desc=desc, unit="img", leave=False,

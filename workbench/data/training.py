@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from workbench.data.benchmark import check_pair_sizes, lr_file_for
 from workbench.data.images import image_size, list_images, mod_crop, read_image
 from workbench.data.imresize import downscale
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
@@ -196,7 +196,7 @@ class PatchDataset(Dataset):
     def _check_and_load(self) -> None:
         """Check every size from the file headers first (an error costs no decoding), then
         decode the images into memory when caching."""
-        from workbench.progress import tqdm
+        from workbench.core.progress import tqdm
 
         s, p = self.scale, self.patch_size
         for k, hr_file in enumerate(self.hr_files):
@@ -306,3 +306,18 @@ class PatchDataset(Dataset):
             epoch, i = index
             return self.sample(epoch, i)
         return self.sample(self.epoch, int(index))
+
+
+def patch_size_problems(patch_size: int, scale: int | None) -> list[str]:
+    """Loader problems of a training patch size at ``scale``: it must be a multiple of the scale,
+    and the LR patch must be at least MIN_LR_SIZE (ESA's strided conv and 7x7 max-pool)."""
+    if not scale:
+        return []
+    if patch_size % scale:
+        return [f"patch_size: must be a multiple of the scale {scale}, got {patch_size}"]
+    from workbench.models import MIN_LR_SIZE
+
+    if patch_size // scale < MIN_LR_SIZE:
+        return [f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (RLFN's ESA needs "
+                f"LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE} or more), got {patch_size}"]
+    return []

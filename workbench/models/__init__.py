@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.family import (FAMILIES, Family, ModelPreset, family_of, family_of_spec,
                                      get_family, input_range, model_input, model_output,
                                      register_family)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 __all__ = ["Family", "ModelPreset", "FAMILIES", "register_family", "get_family", "family_of",
            "family_of_spec", "spec_from_any_dict", "renumber_blocks", "input_range", "model_input", "model_output", "run_model", "On255", "on_255", "unwrap_wrappers",
@@ -59,7 +59,7 @@ class Family:
     itself when it is already folded; ``group_name(conv_path)`` turns the module path of a group's
     first producing conv into the family's readable group name (None: use the path).
 
-    Deploy forms (:func:`workbench.deploy.prepare` calls them; None: the generic form, which works
+    Deploy forms (:func:`workbench.measure.deploy.prepare` calls them; None: the generic form, which works
     for any module): ``fused(model, example_hw)`` returns a module that runs a channels_last
     fp32 copy of ``model`` with fused oneDNN convs, exact to summation order;
     ``bf16(model)`` a module that runs its body in bfloat16 with the precision-critical convs
@@ -139,7 +139,7 @@ def family_of_spec(spec: Any) -> Family:
 
 def _core(model: nn.Module) -> nn.Module:
     """The model under DDP/DataParallel (``.module``), torch.compile (``._orig_mod``) or a
-    :class:`workbench.deploy.Deployed` wrapper (``.module``)."""
+    :class:`workbench.measure.deploy.Deployed` wrapper (``.module``)."""
     seen = 0
     while not hasattr(model, "spec") and seen < 4:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)

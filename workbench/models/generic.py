@@ -21,7 +21,7 @@ For the CLI, an installed package declares the family in the ``workbench.familie
 group (the entry point names a Family, or a function returning one); nothing a recipe names is
 ever imported.
 
-Deploy: ``fused`` and ``bf16`` use the generic forms of :mod:`workbench.deploy` (torch.fx conv +
+Deploy: ``fused`` and ``bf16`` use the generic forms of :mod:`workbench.measure.deploy` (torch.fx conv +
 activation fusion; a bf16 body with the first and the protected convs in fp32). The width search
 works on the derived groups (``--space 'body.*.conv1=4:8:2'``).
 

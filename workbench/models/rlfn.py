@@ -480,7 +480,7 @@ def claims_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
     return "conv_1.weight" in state and "block_1.c1_r.weight" in state
 
 
-# -- deploy forms (workbench.deploy calls them through the family) ------------------------------
+# -- deploy forms (workbench.measure.deploy calls them through the family) ------------------------------
 
 class MixedBF16RLFN(nn.Module):
     """RLFN with its blocks in bfloat16 and the stem, long skip and upsampler in fp32."""
@@ -513,7 +513,7 @@ class FusedRLFN(nn.Module):
     """
 
     def __init__(self, model: nn.Module, example_hw: tuple[int, int] | None, prepack: bool) -> None:
-        from workbench.deploy import _PackedConv
+        from workbench.measure.deploy import _PackedConv
 
         super().__init__()
         self.scale = int(model.scale)
@@ -557,7 +557,7 @@ class FusedRLFN(nn.Module):
             up.add_(b["conv_f"](reduced))
             out = b["conv4"](up, "sigmoid").mul_(c5)
         out = self.conv_2(out).add_(feature)
-        from workbench.deploy import _pixel_shuffle_nhwc
+        from workbench.measure.deploy import _pixel_shuffle_nhwc
 
         return _pixel_shuffle_nhwc(self.up(out), self.scale)
 
@@ -575,7 +575,7 @@ def bf16_form(model: RLFN) -> nn.Module:
 def drop_blocks(model: RLFN, keep: list[int]) -> RLFN:
     """Keep blocks ``keep`` (1-based, increasing, checked by the caller); the last kept block
     feeds conv_2, whose weights read its output channels in place of the old last block's."""
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
     from workbench.models.family import renumber_blocks
 
     spec = model.spec

@@ -297,7 +297,7 @@ PRESETS: dict[str, ModelPreset] = {
         "tiny SPAN for tests (8 channels, 3 blocks)"),
 }
 
-# -- deploy forms and block dropping (workbench.deploy / prune call them through the family) ----
+# -- deploy forms and block dropping (workbench.measure.deploy / prune call them through the family) ----
 
 class FusedSPAN(nn.Module):
     """SPAN's ``fused`` deploy form for CPU inference (exact to rounding and summation order).
@@ -312,7 +312,7 @@ class FusedSPAN(nn.Module):
     def __init__(self, model: "SPAN", example_hw: tuple[int, int] | None) -> None:
         import copy
 
-        from workbench.deploy import _PackedConv
+        from workbench.measure.deploy import _PackedConv
 
         super().__init__()
         spec = model.spec
@@ -335,7 +335,7 @@ class FusedSPAN(nn.Module):
         self.up = packed(model.upsampler[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from workbench.deploy import _pixel_shuffle_nhwc
+        from workbench.measure.deploy import _pixel_shuffle_nhwc
 
         feature = self.conv_1((x - self.mean).contiguous(memory_format=torch.channels_last))
         out = first = tapped = feature
@@ -390,7 +390,7 @@ def drop_blocks(model: "SPAN", keep: list[int]) -> "SPAN":
     returns the ``feature`` width, so any subset chains. The first kept block's output joins
     conv_cat as block 1's did; the tapped c1_r output is the tap block's when kept, else the last
     kept block's (its mid1 width must equal the old tap's: conv_cat reads that slice)."""
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
     from workbench.models.family import renumber_blocks
 
     try:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 MIN_OPSET = 17
 
@@ -47,7 +47,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = MIN_O
     """Write ``model`` as ONNX to ``path`` (atomically) with dynamic N/H/W axes; returns the path."""
     import onnx
 
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     check_opset(opset)
     from workbench.models.family import on_255

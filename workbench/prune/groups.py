@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import build_model, group_widths
 from workbench.models.rlfn import RLFN, RLFNSpec
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.prune.groups import ChannelGroup
 
 ImportanceFn = Callable[[nn.Module, ChannelGroup], torch.Tensor]

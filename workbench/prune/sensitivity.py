@@ -6,7 +6,7 @@ model is scored (Y-PSNR, paper protocol) on a validation set without any retrain
 records the PSNR drop, params and FLOPs (NTIRE counting) and, optionally, measured latency.
 
 Latency is measured in a named deploy mode (default the device's fastest fp32 mode,
-:func:`workbench.deploy.default_mode`), each pruned model *interleaved with the unpruned
+:func:`workbench.measure.deploy.default_mode`), each pruned model *interleaved with the unpruned
 baseline* (A B A B ..., ``latency_repeats`` pairs): the per-pair ratio cancels the drift of a
 shared machine, and its spread (median, p10-p90, IQR) says whether a saving is real.
 :func:`write_outputs` draws the PSNR drop against the latency saved (``latency_tradeoff.png``; ``tradeoff.png`` against params, FLOPs and latency saved).
@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import group_widths
 from workbench.models.rlfn import RLFN
 from workbench.prune.groups import expected_groups, select_groups
@@ -121,8 +121,8 @@ class ActivationCache:
 
     def __init__(self, model: RLFN, pairs: Sequence[Any], *, scale: int,
                  device: torch.device, keep_points: bool = True) -> None:
-        from workbench.evaluate import image_to_tensor
-        from workbench.metrics import rgb_to_y
+        from workbench.measure.evaluate import image_to_tensor
+        from workbench.measure.metrics import rgb_to_y
         from workbench.models.family import model_input
 
         self.scale = scale
@@ -152,8 +152,8 @@ class ActivationCache:
     def psnr(self, model: RLFN, group: str | None) -> float:
         """Mean Y-PSNR of ``model`` over the cached images, recomputing only from where
         ``group``'s prune changed weights (``None`` or caching off: a full forward pass)."""
-        from workbench.evaluate import tensor_to_image
-        from workbench.metrics import psnr, rgb_to_y
+        from workbench.measure.evaluate import tensor_to_image
+        from workbench.measure.metrics import psnr, rgb_to_y
         from workbench.models.family import model_output
 
         point = (start_point(group) if group is not None and isinstance(model, RLFN)
@@ -205,7 +205,7 @@ def fast_counts(model: RLFN, *, input_shape: Sequence[int] = (1, 3, 256, 256)) -
     """Params and FLOPs (G) of an RLFN computed from its conv shapes, counted the NTIRE way
     (conv multiply-accumulates plus one per LeakyReLU output element), without a forward pass.
 
-    :func:`analyze` checks it against :func:`workbench.profiling.ntire_counts` on the unpruned
+    :func:`analyze` checks it against :func:`workbench.measure.profiling.ntire_counts` on the unpruned
     model and uses the slower ntire_counts throughout if they ever disagree.
     """
     n, _, h, w = (int(v) for v in input_shape)
@@ -278,14 +278,15 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     same convolutions share one measurement). ``on_row`` is called with each row as it is made.
 
     Latency: each distinct pruned model is prepared in deploy mode ``deploy`` (default
-    :func:`workbench.deploy.default_mode`) and timed in ``latency_repeats`` interleaved pairs
+    :func:`workbench.measure.deploy.default_mode`) and timed in ``latency_repeats`` interleaved pairs
     with the baseline (A B A B ...); a row holds the candidate's median ``latency_ms``, the
     median per-pair ``latency_ratio`` with its p10/p90/IQR, and ``latency_saved_pct``.
     """
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
-    from workbench.evaluate import resolve_device
-    from workbench.profiling import interleaved_times, ntire_counts, round_ratios, spread
+    from workbench.measure.evaluate import resolve_device
+    from workbench.measure.profiling import ntire_counts
+    from workbench.measure.timing import interleaved_times, round_ratios, spread
 
     dev = resolve_device(device)
     get_importance(criterion)  # an unknown name fails before any work
@@ -313,7 +314,7 @@ def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
     mode = None
     base_times: list[float] = []
     if latency:
-        from workbench.deploy import check_mode, default_mode, fresh_compile, prepare
+        from workbench.measure.deploy import check_mode, default_mode, fresh_compile, prepare
 
         if latency_repeats < 1:
             raise WorkbenchError(f"latency_repeats must be >= 1, got {latency_repeats}")
@@ -607,7 +608,7 @@ def _save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
     """savefig through the atomic writer: a full disk is one line and keeps the old PNG."""
     import io
 
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **kwargs)
@@ -618,7 +619,7 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
                   tensorboard: bool = True, plots: bool = True) -> dict[str, Path]:
     """Write results.json, sensitivity.csv (every row), ranking.csv, one PNG per group under
     plots/, overview.png, ranking.png and TensorBoard events under tb/. Returns the paths."""
-    from workbench.artifacts import atomic_write_bytes, atomic_write_json, environment
+    from workbench.models.artifacts import atomic_write_bytes, atomic_write_json, environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.rlfn import RLFN, group_widths
 from workbench.prune.groups import ChannelGroup, expand_widths, expected_groups
 from workbench.prune.importance import get_importance, group_scores, lowest

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models import build_model, group_widths
 from workbench.models.rlfn import RLFN, RLFNSpec
 from workbench.prune.groups import (ChannelGroup, build_graph, channel_groups, expand_widths,

@@ -44,9 +44,10 @@ from typing import Any, Mapping
 
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.core.device import resolve_device  # noqa: F401  (also engine.resolve_device)
+from workbench.core.errors import WorkbenchError
 from workbench.recipes.loader import Recipe, StagePlan
-from workbench.recipes.registry import StageContext, StageResult, get_stage
+from workbench.stages.registry import StageContext, StageResult, get_stage
 
 log = logging.getLogger("workbench")
 
@@ -59,7 +60,7 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from workbench.progress import tqdm
+            from workbench.core.progress import tqdm
 
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
@@ -76,20 +77,6 @@ def setup_logging(*, main: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.propagate = False
-
-
-def resolve_device(spec: str | None, *, local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA when available (cuda:LOCAL_RANK under torchrun), else CPU."""
-    spec = spec or "auto"
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise WorkbenchError(f"device {spec!r} requested but no CUDA GPU is available (use cpu or auto)")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def _sha(*parts: Any) -> str:
@@ -127,7 +114,7 @@ def _initial_model_ref(recipe: Recipe, run_dir: Path, *, main: bool) -> str:
     model = recipe.config.model
     if not isinstance(model, Mapping):
         return str(model)
-    from workbench.artifacts import make_lineage, save_artifact
+    from workbench.models.artifacts import make_lineage, save_artifact
     from workbench.models import RLFNSpec, build_model
 
     target = run_dir / "model-init"
@@ -194,7 +181,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
     second run on the same folder stops at once with the holder's pid instead of training the
     same stage in parallel or clearing the stage the first one is training.
     """
-    from workbench.locks import exclusive_lock
+    from workbench.core.locks import exclusive_lock
 
     run_dir = Path(run_dir)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -208,7 +195,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path, from_id: str | None = Non
 
 def _run_recipe(recipe: Recipe, *, run_dir: Path, from_id: str | None, device: str | None,
                 progress: bool) -> list[dict[str, Any]]:
-    from workbench.artifacts import atomic_write_bytes, atomic_write_json
+    from workbench.core.files import atomic_write_bytes, atomic_write_json
     from workbench.train import distributed
 
     dev = resolve_device(device or recipe.config.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
@@ -312,9 +299,9 @@ class _LazyWriter:
 def _run_stage(recipe: Recipe, plan: StagePlan, *, stage_dir: Path, run_dir: Path, parent: Path | None,
                model_ref: str, device: torch.device, dist_info: Any, progress: bool, fingerprint: str,
                total: int) -> dict[str, Any]:
-    from workbench.artifacts import atomic_write_json
+    from workbench.core.files import atomic_write_json
     from workbench.recipes.loader import to_plain
-    from workbench.recipes.stage_utils import seed_everything, stage_seed
+    from workbench.stages.utils import seed_everything, stage_seed
     from workbench.train import distributed
 
     main = dist_info.is_main

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from workbench.errors import WorkbenchError, short_repr
+from workbench.core.errors import WorkbenchError, short_repr
 from workbench.recipes.schema import RecipeConfig
 
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -520,7 +520,7 @@ def _model_scale(model: Any, problems: list[str], *, check_paths: bool) -> int |
         if not path.exists():
             problems.append(f"model: no such file or folder: {model}")
             return None
-        from workbench.artifacts import load_model
+        from workbench.models.artifacts import load_model
 
         try:
             return load_model(path).spec.scale
@@ -550,7 +550,7 @@ def _model_scale(model: Any, problems: list[str], *, check_paths: bool) -> int |
 
 def _check_data(config: RecipeConfig, scale: int | None, problems: list[str]) -> None:
     from workbench.data.training import sample_images_dir
-    from workbench.recipes.stage_utils import training_files
+    from workbench.stages.utils import training_files
 
     for i, source in enumerate(config.data.train):
         path = f"data.train[{i}]"
@@ -609,7 +609,7 @@ def _check_leakage(config: RecipeConfig, plans: Sequence[StagePlan], scale: int,
     import logging
 
     from workbench.data.leakage import SignatureCache, check_leakage, default_cache_path, leak_message, set_hr_files
-    from workbench.recipes.stage_utils import training_files
+    from workbench.stages.utils import training_files
 
     if config.data.leakage == "off":
         return
@@ -647,7 +647,7 @@ def parse_recipe(raw: Any, *, source: object = "recipe", smoke: bool = False,
                  overrides: Sequence[str] = (), check_paths: bool = True,
                  path: Path | None = None) -> Recipe:
     """Validate an already-parsed recipe mapping; raise :class:`RecipeError` listing every problem."""
-    from workbench.recipes.registry import all_stages
+    from workbench.stages.registry import all_stages
 
     if not isinstance(raw, Mapping):
         raise RecipeError(source, [f"a recipe must be a mapping with model, data and stages; got {_show(raw)}"])
@@ -773,7 +773,7 @@ def load_recipe(path: str | Path, *, smoke: bool = False, overrides: Sequence[st
 
 def describe_stage_types() -> str:
     """Every registered stage type with its fields, defaults and help (for `validate --explain`)."""
-    from workbench.recipes.registry import all_stages
+    from workbench.stages.registry import all_stages
 
     lines = []
     for name, st in sorted(all_stages().items()):

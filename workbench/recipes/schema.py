@@ -1,5 +1,5 @@
 """The typed top level of a recipe: model, scale, seed, device and data (stages have their own
-config classes, registered with :func:`workbench.recipes.registry.register_stage`).
+config classes, registered with :func:`workbench.stages.registry.register_stage`).
 
 A recipe file::
 

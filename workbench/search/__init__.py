@@ -5,5 +5,5 @@
 - :mod:`~workbench.search.objective`: objectives, constraints, how a candidate is made and scored;
 - :mod:`~workbench.search.study`: storage, workers, exact trial counts, resume;
 - :mod:`~workbench.search.results`: Pareto front (CSV, markdown, PNG), best artifact, summary;
-- :mod:`~workbench.search.stages`: the ``search`` recipe stage (``workbench search`` is the CLI).
+- :mod:`~workbench.stages.search`: the ``search`` recipe stage (``workbench search`` is the CLI).
 """

@@ -8,14 +8,14 @@ Why each part exists:
   (:class:`DeviceLock`): a measurement waits until no search worker on this machine is training,
   and training waits while a measurement runs. A turnstile keeps measurements from starving.
 - **The deployed model.** Each candidate is timed as it would be deployed: prepared by
-  :func:`workbench.deploy.prepare` in a named mode (``deploy``; default the fastest fp32 mode of
-  the device, :func:`workbench.deploy.default_mode`: ``fused`` on CPU, ``cuda_graph`` on GPU),
+  :func:`workbench.measure.deploy.prepare` in a named mode (``deploy``; default the fastest fp32 mode of
+  the device, :func:`workbench.measure.deploy.default_mode`: ``fused`` on CPU, ``cuda_graph`` on GPU),
   because the width/latency staircase of eager PyTorch is not that of the deployed path. In
-  ``compile`` mode each candidate is compiled afresh (:func:`workbench.deploy.fresh_compile`), so
+  ``compile`` mode each candidate is compiled afresh (:func:`workbench.measure.deploy.fresh_compile`), so
   dynamo's recompile limit never silently turns later candidates eager.
 - **Statistics.** Warm-up runs, device synchronisation (CUDA events on a GPU), the median and p90 of
-  the repeats (``workbench.profiling.measure_latency``; every percentile comes from
-  ``workbench.profiling.spread``), or the NTIRE protocol over a folder of full images
+  the repeats (``workbench.measure.profiling.measure_latency``; every percentile comes from
+  ``workbench.measure.timing.spread``), or the NTIRE protocol over a folder of full images
   (``ntire_latency``).
 - **Weights do not matter.** Latency depends on the widths, not the values, so a randomly initialised
   model of the spec is timed; the cache key is the spec (:func:`workbench.search.space.spec_key`:
@@ -24,7 +24,7 @@ Why each part exists:
   registered only in this process's Python (not by an entry point) is timed with ``isolate=False``.
 - **Cache.** One SQLite file per machine (default ``~/.cache/workbench/latency.sqlite``; override with
   ``WORKBENCH_LATENCY_CACHE`` or ``cache_path``), keyed by the exact hardware
-  (:func:`workbench.profiling.hardware_key`: CPU vendor, family, model, stepping and a hash of
+  (:func:`workbench.measure.profiling.hardware_key`: CPU vendor, family, model, stepping and a hash of
   its flags; GPU name, driver, CUDA and cuDNN), deploy mode, spec key, input shape, dtype,
   threads, torch version and protocol, shared by every study and process (SQLite's own locking; a
   measurement re-checks the cache after taking the device lock, so two workers never measure the
@@ -43,27 +43,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.family import spec_from_any_dict
 from workbench.models.rlfn import RLFNSpec
+from workbench.search.settings import CACHE_ENV, DTYPES, LatencySettings, default_cache_path  # noqa: F401
 from workbench.search.space import spec_key
-
-CACHE_ENV = "WORKBENCH_LATENCY_CACHE"
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def default_cache_path() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "workbench" / "latency.sqlite"
 
 
 def device_name(device: str) -> str:
     """What identifies the hardware a latency belongs to, exactly (the cache key's ``device``):
-    see :func:`workbench.profiling.hardware_key`. A CPU model name alone is not enough (two
+    see :func:`workbench.measure.profiling.hardware_key`. A CPU model name alone is not enough (two
     different EPYCs both read "AMD EPYC" under KVM)."""
-    from workbench.profiling import hardware_key
+    from workbench.measure.profiling import hardware_key
 
     return hardware_key(device)
 
@@ -78,66 +69,6 @@ def software_versions() -> dict[str, str]:
     return {"workbench": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "cuda": str(torch.version.cuda) if torch.cuda.is_available() else "none"}
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How a latency is measured. Everything that changes the number is part of the cache key."""
-
-    device: str = "cpu"
-    input_shape: tuple[int, int, int, int] = (1, 3, 256, 256)   # LR input (N, C, H, W)
-    dtype: str = "float32"
-    threads: int | None = None          # CPU intra-op threads; None: torch's default (all cores)
-    warmup: int = 3
-    repeats: int = 10
-    ntire_folder: str | None = None     # NTIRE protocol: mean time per full LR image of this folder
-    cache_path: str | None = None       # None: default_cache_path()
-    isolate: bool = True                # measure in a worker subprocess (False: in this process)
-    statistic: str = "median"           # what the search optimises: median (default) or min of the
-                                        # repeats (min resists other processes' load on a shared machine)
-    deploy: str | None = None           # deploy mode timed (workbench.deploy); None: the device's
-                                        # fastest fp32 mode (default_mode), or eager when dtype is not
-                                        # float32 (the model cast to dtype, as is)
-
-    def __post_init__(self) -> None:
-        from workbench.deploy import MODES, available_modes, default_mode
-
-        if self.dtype not in DTYPES:
-            raise WorkbenchError(f"latency dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        mode = self.deploy
-        if mode is None:
-            mode = default_mode(self.device.split(":")[0]) if self.dtype == "float32" else "eager"
-        if mode not in MODES:
-            raise WorkbenchError(f"latency deploy mode {mode!r}: choose one of {', '.join(MODES)}")
-        if mode not in available_modes(self.device.split(":")[0]):
-            raise WorkbenchError(f"latency deploy mode {mode!r} needs a CUDA GPU; modes on "
-                                 f"{self.device}: {', '.join(available_modes('cpu'))}")
-        if self.dtype != "float32" and mode != "eager":
-            raise WorkbenchError(f"latency: deploy mode {mode!r} sets the precision itself; leave "
-                                 f"dtype at float32 (or use deploy: eager to time a cast model)")
-        object.__setattr__(self, "deploy", mode)
-        if self.repeats < 1 or self.warmup < 0:
-            raise WorkbenchError("latency: repeats must be >= 1 and warmup >= 0")
-        if self.statistic not in ("median", "min"):
-            raise WorkbenchError(f"latency statistic {self.statistic!r}: choose median or min")
-        if len(self.input_shape) != 4:
-            raise WorkbenchError(f"latency input shape {self.input_shape}: expected N,C,H,W")
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-
-    def resolved_threads(self) -> int:
-        import torch
-
-        return int(self.threads or torch.get_num_threads())
-
-    def cache_file(self) -> Path:
-        return Path(self.cache_path).expanduser() if self.cache_path else default_cache_path()
-
-    def protocol(self) -> str:
-        if self.ntire_folder:
-            folder = Path(self.ntire_folder)
-            files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-            return f"ntire:{folder.resolve()}:{len(files)}"
-        return "median"
 
 
 def cache_key_fields(spec: RLFNSpec, settings: LatencySettings, *, device: str | None = None) -> dict[str, Any]:
@@ -257,13 +188,13 @@ def timed_model(spec: RLFNSpec, settings: LatencySettings, *, fresh: bool = True
     """A randomly initialised model of ``spec`` as ``settings.deploy`` deploys it.
 
     Returns ``(model, prepared)``: in ``eager`` mode the bare model cast to ``settings.dtype``
-    (``prepared`` False), otherwise a :class:`workbench.deploy.Deployed` that takes float32.
+    (``prepared`` False), otherwise a :class:`workbench.measure.deploy.Deployed` that takes float32.
     ``compile`` starts from a clean dynamo state unless ``fresh`` is False (the caller then
     makes room for several compiled models at once).
     """
     import torch
 
-    from workbench.deploy import fresh_compile, prepare
+    from workbench.measure.deploy import fresh_compile, prepare
     from workbench.models import build_model
 
     torch.manual_seed(0)
@@ -282,7 +213,7 @@ def measure_spec(spec: RLFNSpec, settings: LatencySettings) -> dict[str, Any]:
     (in its deploy mode; see :func:`timed_model`)."""
     import torch
 
-    from workbench.profiling import measure_latency, ntire_latency
+    from workbench.measure.profiling import measure_latency, ntire_latency
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
@@ -317,8 +248,8 @@ def compare_specs(specs: Mapping[str, RLFNSpec], settings: LatencySettings, *, r
     """
     import torch
 
-    from workbench.deploy import fresh_compile
-    from workbench.profiling import interleaved_times, spread
+    from workbench.measure.deploy import fresh_compile
+    from workbench.measure.timing import interleaved_times, spread
 
     if not settings.device.startswith("cuda"):
         torch.set_num_threads(settings.resolved_threads())
@@ -477,7 +408,7 @@ class LatencyMeasurer:
                 todo.setdefault(spec_key(spec), spec)
         if not todo:
             return 0
-        from workbench.profiling import spread
+        from workbench.measure.timing import spread
 
         if self.settings.ntire_folder:
             for spec in todo.values():

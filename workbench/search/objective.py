@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.models.rlfn import RLFN, RLFNSpec
@@ -194,7 +194,7 @@ class DefaultEvaluator:
 
                 self._teacher = copy.deepcopy(self.parent).eval()
             else:
-                from workbench.artifacts import load_model
+                from workbench.models.artifacts import load_model
 
                 self._teacher = load_model(self.settings.teacher).model.eval()
         return self._teacher
@@ -261,7 +261,7 @@ class DefaultEvaluator:
         return {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
 
     def psnr(self, model: "RLFN") -> float:
-        from workbench.evaluate import evaluate_set
+        from workbench.measure.evaluate import evaluate_set
 
         model.eval()
         return float(evaluate_set(model, self.pset, device=self.device, progress=False).mean["psnr_y"])
@@ -285,7 +285,7 @@ def parent_scores(parent: "RLFN", *, criterion: str, names: Sequence[str] | None
 
     if cache is None:
         return compute(names)
-    from workbench.artifacts import atomic_write_json
+    from workbench.core.files import atomic_write_json
     from workbench.search.study import file_lock
 
     with file_lock(cache.with_suffix(".lock")):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.search.objective import pareto_front
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,7 +101,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def write_csv(path: Path, rows: list[TrialRow], *, parent_latency: float | None) -> None:
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -209,7 +209,7 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
     ax.grid(alpha=0.3)
     # outside the axes: inside, the legend hid points of the front
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")   # labels and the legend are not clipped
@@ -219,7 +219,7 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
 
 def export_best(best: TrialRow, job: "SearchJob", attrs: dict[str, Any], dest: Path) -> Path:
     """Save the selected trial's model as an artifact whose lineage names parent, trial and study."""
-    from workbench.artifacts import load_artifact, make_lineage, save_artifact
+    from workbench.models.artifacts import load_artifact, make_lineage, save_artifact
     from workbench.search.study import storage_url
 
     if not best.candidate or not Path(best.candidate).exists():
@@ -239,7 +239,7 @@ def export_best(best: TrialRow, job: "SearchJob", attrs: dict[str, Any], dest: P
 def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "LatencyMeasurer | None" = None,
                   compare_rounds: int = 5) -> dict[str, Any]:
     """Write every result file into ``job.out_dir``; returns the summary (also summary.json)."""
-    from workbench.artifacts import atomic_write_bytes, atomic_write_json
+    from workbench.core.files import atomic_write_bytes, atomic_write_json
     from workbench.models.family import spec_from_any_dict
     from workbench.search.space import spec_summary
 

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.rlfn import MIN_LR_SIZE, BlockSpec, RLFNSpec  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover

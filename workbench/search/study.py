@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.search.latency import LatencyMeasurer, LatencySettings, device_name, software_versions
 from workbench.search.objective import FinetuneSettings, ObjectiveConfig
 from workbench.search.space import SearchSpace, spec_key, spec_summary
@@ -329,7 +329,7 @@ def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, 
             return attrs
         extra = []
         if job.reference:
-            from workbench.artifacts import load_model
+            from workbench.models.artifacts import load_model
 
             ref_spec = load_model(job.reference).spec
             extra = [ref_spec] if ref_spec.scale == parent_spec.scale else []
@@ -360,7 +360,7 @@ def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, 
 
 
 def _measure_reference(job: SearchJob, evaluator: Any, measurer: LatencyMeasurer, parent_spec: Any) -> dict[str, Any]:
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
 
     ref = load_model(job.reference)
     if ref.spec.scale != parent_spec.scale:
@@ -387,7 +387,7 @@ def premeasure_space(job: SearchJob, parent_spec: Any, measurer: Any, *, extra: 
     Returns how many were new."""
     if not job.premeasure or job.space.size(parent_spec) > job.premeasure:
         return 0
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     specs = job.space.all_specs(parent_spec) + [parent_spec] + list(extra)
     if hasattr(measurer, "measure_many"):
@@ -494,7 +494,7 @@ def _param_count(spec: Any) -> list[int]:
 
 def _save_candidate(model: Any, job: SearchJob, number: int, spec: Any, *, psnr: float,
                     latency_ms: float) -> Path:
-    from workbench.artifacts import make_lineage, save_artifact
+    from workbench.models.artifacts import make_lineage, save_artifact
 
     path = Path(job.out_dir) / "candidates" / f"trial_{number:05d}"
     save_artifact(path, model, metrics={"psnr_y": psnr, "latency_ms": latency_ms,
@@ -518,7 +518,7 @@ def run_worker(job: SearchJob, *, worker_index: int = 0, workers: int = 1,
     import torch
     from optuna.trial import TrialState
 
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
 
     threads = job.train_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     torch.set_num_threads(threads)
@@ -541,7 +541,7 @@ def run_worker(job: SearchJob, *, worker_index: int = 0, workers: int = 1,
         attrs = ensure_prepared(study, job, parent_spec=parent.spec, parent_model=parent.model,
                                 evaluator=evaluator, measurer=measurer)
         if job.progress:
-            from workbench.progress import tqdm
+            from workbench.core.progress import tqdm
 
             bar = tqdm(total=job.n_trials, initial=_trial_counts(study)[0], unit="trial",
                        desc=f"search[{worker_index}]" if workers > 1 else "search",
@@ -628,9 +628,9 @@ def check_inputs(job: SearchJob) -> None:
     and the space, the validation set, and for fine-tunes the patch size and the training images
     (present, decodable, large enough). A trial that fails on bad input would fail in every trial
     alike; stopping here gives one line instead of a study of failures."""
-    from workbench.artifacts import load_model
+    from workbench.models.artifacts import load_model
     from workbench.data.benchmark import load_set
-    from workbench.recipes.stage_utils import patch_size_problems
+    from workbench.data.training import patch_size_problems
 
     for flag, value in (("--threads", job.latency.threads), ("--train-threads", job.train_threads)):
         if value is not None and (isinstance(value, bool) or value < 1):

@@ -3,19 +3,9 @@ the search's short fine-tunes).
 
 Stable API (signatures other engineers call)::
 
-    @dataclass
-    class TrainSettings:
-        iterations: int
-        batch_size: int = 64; patch_size: int = 256; lr: float = 5e-4
-        betas: tuple[float, float] = (0.9, 0.999); eps: float = 1e-8
-        halve_every: int = 200_000; gamma: float = 0.5        # lr x gamma every halve_every iterations
-        losses: list[dict] = [{"type": "l1", "weight": 1.0}]  # see workbench.train.losses.build_loss
-        epoch_iterations: int | None = None   # iterations per "epoch" for callbacks; None = one pass
-        checkpoint_every: int = 1000; val_every: int = 0; log_every: int = 50
-        grad_clip: float | None = None; num_workers: int = 0
-        amp: str | None = None                # "bf16" / "fp16": autocast on CUDA only
-        teacher: str | None = None            # identity of the distillation teacher (its weights
-                                              # hash): part of the resume fingerprint
+    TrainSettings                             # workbench.train.settings: optimiser, schedule, losses,
+                                              # batches, bookkeeping -- the one source of the
+                                              # training defaults (the recipe stages derive theirs)
 
     class Callback:                           # every hook optional
         on_step_end(state: TrainState) -> None
@@ -63,10 +53,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.models.family import run_model
 from workbench.train import distributed
 from workbench.train.losses import build_loss
+from workbench.train.settings import TrainSettings
 
 log = logging.getLogger("workbench.train")
 
@@ -76,40 +67,6 @@ CHECKPOINT_FILE = "last.pt"
 
 class TrainingDiverged(WorkbenchError):
     """The loss became NaN or infinite; the stage stops and the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainSettings:
-    """How to train: optimiser, schedule, loss, batches and bookkeeping (see the module docstring)."""
-
-    iterations: int
-    batch_size: int = 64
-    patch_size: int = 256
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    halve_every: int = 200_000
-    gamma: float = 0.5
-    losses: list[dict] = field(default_factory=lambda: [{"type": "l1", "weight": 1.0}])
-    epoch_iterations: int | None = None
-    checkpoint_every: int = 1000
-    val_every: int = 0
-    log_every: int = 50
-    grad_clip: float | None = None
-    num_workers: int = 0
-    amp: str | None = None
-    teacher: str | None = None
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with the current run to be resumed."""
-        keep = ("batch_size", "patch_size", "lr", "betas", "eps", "halve_every", "gamma", "losses",
-                "epoch_iterations", "grad_clip", "amp")
-        data = asdict(self)
-        out = {k: data[k] for k in keep}
-        if self.teacher is not None:  # absent otherwise, so checkpoints from before it still resume
-            out["teacher"] = self.teacher
-        out["betas"] = list(out["betas"])
-        return out
 
 
 @dataclass
@@ -249,8 +206,8 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a periodic training checkpoint (weights_only) or raise a one-line WorkbenchError."""
-    from workbench.artifacts import _torch_load
-    from workbench.errors import ArtifactError
+    from workbench.models.artifacts import _torch_load
+    from workbench.core.errors import ArtifactError
 
     try:
         ckpt = _torch_load(Path(path))
@@ -272,7 +229,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _write_checkpoint(path: Path, payload: dict[str, Any], *, previous_iteration: int | None) -> None:
-    from workbench.artifacts import atomic_torch_save
+    from workbench.core.files import atomic_torch_save
 
     try:
         atomic_torch_save(payload, path)
@@ -415,7 +372,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
 
     bar = None
     if progress and dist_info.is_main and settings.iterations > start:
-        from workbench.progress import tqdm
+        from workbench.core.progress import tqdm
 
         bar = tqdm(total=settings.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                    leave=True)

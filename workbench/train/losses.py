@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 LossFactory = Callable[..., nn.Module]
 LOSSES: dict[str, LossFactory] = {}

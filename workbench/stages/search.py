@@ -1,4 +1,4 @@
-"""Recipe stages of workbench.search (registered with workbench.recipes.registry.register_stage).
+"""Recipe stages of workbench.search (registered with workbench.stages.registry.register_stage).
 
 ``search``: a latency-aware width search (see :mod:`workbench.search.study`) from the previous
 stage's artifact; its output artifact is the selected configuration, so the next stage (the L2
@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import WorkbenchError
-from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.core.errors import WorkbenchError
+from workbench.search.objective import FinetuneSettings
+from workbench.search.settings import DTYPES, LatencySettings
+from workbench.stages.registry import StageContext, StageResult, register_stage
+from workbench.train.settings import default_of
 
 log = logging.getLogger("workbench.search")
 
@@ -28,9 +31,23 @@ def _default_space() -> dict[str, Any]:
     return {"trunk": "32:48:8", "mid": "24:48:8"}
 
 
+def _finetune(name: str, **metadata: Any) -> Any:
+    """A field whose default is :class:`FinetuneSettings`'s (the candidates' fine-tune)."""
+    return default_of(FinetuneSettings, name, **metadata)
+
+
+def _latency(name: str, **metadata: Any) -> Any:
+    """A field whose default is :class:`LatencySettings`'s (how candidates are timed)."""
+    return default_of(LatencySettings, name, **metadata)
+
+
 @dataclass(frozen=True)
 class SearchStageConfig:
-    """A latency-constrained architecture search over channel widths."""
+    """A latency-constrained architecture search over channel widths.
+
+    The fine-tune and latency fields take their defaults from :class:`FinetuneSettings` and
+    :class:`LatencySettings`; ``workbench search`` takes its flag defaults from this class.
+    """
 
     trials: int = field(default=30, metadata={"help": "total trials in the study (all workers)", "min": 1})
     objective: str = field(default="pareto", metadata={
@@ -45,16 +62,16 @@ class SearchStageConfig:
         "help": "dimension -> 'LOW:HIGH:STEP' (or one width) for trunk, mid, esa, blocks (RLFN), "
                 "channel-group patterns ('block*.mid1') or groups: {NAME: RANGE} (any family)"})
     per_block: bool = field(default=False, metadata={"help": "sample mid and esa per block"})
-    finetune_iters: int = field(default=0, metadata={
-        "help": "fine-tune iterations per candidate (0: score the pruned model)", "min": 0})
-    batch_size: int = field(default=16, metadata={"help": "fine-tune batch size", "min": 1})
-    patch_size: int = field(default=96, metadata={"help": "fine-tune HR patch side (pixels)", "min": 4})
-    lr: float = field(default=1e-4, metadata={"help": "fine-tune learning rate", "gt": 0, "lt": 1})
+    finetune_iters: int = _finetune("iterations", help="fine-tune iterations per candidate (0: score the "
+                                    "pruned model)", min=0)
+    batch_size: int = _finetune("batch_size", help="fine-tune batch size", min=1)
+    patch_size: int = _finetune("patch_size", help="fine-tune HR patch side (pixels)", min=4)
+    lr: float = _finetune("lr", help="fine-tune learning rate", gt=0, lt=1)
     finetune_losses: list[dict] | None = field(default=None, metadata={
         "help": "losses of each candidate's fine-tune (default [{type: l1}]); e.g. [{type: distill}] "
                 "distils from the parent", "check": _check_losses})
-    teacher: str = field(default="parent", metadata={
-        "help": "the teacher of distill losses: parent (the search's starting model) or a model REF"})
+    teacher: str = _finetune("teacher", help="the teacher of distill losses: parent (the search's starting "
+                             "model) or a model REF")
     eval_set: str | None = field(default=None, metadata={
         "help": "validation set (default: the recipe's first data.val set)"})
     sampler: str = field(default="tpe", metadata={"help": "Optuna sampler",
@@ -65,29 +82,27 @@ class SearchStageConfig:
         "help": "Optuna storage URL (default sqlite:///<stage folder>/study.db; journal:///path too)"})
     study_name: str = field(default="search", metadata={"help": "study name in the storage"})
     workers: int = field(default=1, metadata={"help": "worker processes on the study", "min": 1})
-    input_shape: tuple[int, int, int, int] = field(default=(1, 3, 256, 256), metadata={
-        "help": "LR input shape timed (N, C, H, W)"})
-    dtype: str = field(default="float32", metadata={"help": "precision timed",
-                                                    "choices": ["float32", "float16", "bfloat16"]})
-    deploy: str | None = field(default=None, metadata={
-        "help": "deploy mode the candidates are timed in (eager, channels_last, fused, compile, bf16, "
-                "fp16, cuda_graph ...; default: the device's fastest fp32 mode, fused on CPU)"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for latency", "min": 1})
+    input_shape: tuple[int, int, int, int] = _latency("input_shape", help="LR input shape timed (N, C, H, W)")
+    dtype: str = _latency("dtype", help="precision timed", choices=list(DTYPES))
+    deploy: str | None = _latency("deploy", help="deploy mode the candidates are timed in (eager, "
+                                  "channels_last, fused, compile, bf16, fp16, cuda_graph ...; default: "
+                                  "the device's fastest fp32 mode, fused on CPU)")
+    threads: int | None = _latency("threads", help="CPU threads for latency", min=1)
     train_threads: int | None = field(default=None, metadata={
         "help": "torch threads per worker for fine-tunes and evaluation (default: cores / workers)",
         "min": 1})
-    repeats: int = field(default=10, metadata={"help": "timed repeats per latency", "min": 1})
-    warmup: int = field(default=3, metadata={"help": "warm-up runs per latency", "min": 0})
-    latency_statistic: str = field(default="median", metadata={
-        "help": "statistic of the repeats the search optimises: median, or min (resists load from "
-                "other processes on a shared machine)", "choices": ["median", "min"]})
+    repeats: int = _latency("repeats", help="timed repeats per latency", min=1)
+    warmup: int = _latency("warmup", help="warm-up runs per latency", min=0)
+    latency_statistic: str = _latency("statistic", help="statistic of the repeats the search optimises: "
+                                      "median, or min (resists load from other processes on a shared "
+                                      "machine)", choices=["median", "min"])
     premeasure: int = field(default=0, metadata={
         "help": "time every configuration of the space before training when it has at most this "
                 "many (0: off)", "min": 0})
-    ntire_folder: str | None = field(default=None, metadata={
-        "help": "NTIRE protocol: mean time over this folder of LR images", "exists": "dir"})
-    latency_cache: str | None = field(default=None, metadata={
-        "help": "latency cache file (default ~/.cache/workbench/latency.sqlite)"})
+    ntire_folder: str | None = _latency("ntire_folder", help="NTIRE protocol: mean time over this folder "
+                                        "of LR images", exists="dir")
+    latency_cache: str | None = _latency("cache_path", help="latency cache file (default "
+                                         "~/.cache/workbench/latency.sqlite)")
     reference: str | None = field(default=None, metadata={
         "help": "a model to mark on the Pareto plot (e.g. rlfn_ntire_x4)"})
     compare_rounds: int = field(default=5, metadata={
@@ -106,7 +121,7 @@ class SearchStageConfig:
         except WorkbenchError as exc:
             problems.append(f"space: {exc}")
         if self.deploy is not None:
-            from workbench.deploy import MODES
+            from workbench.measure.deploy import MODES
 
             if self.deploy not in MODES:
                 problems.append(f"deploy: unknown mode {self.deploy!r}; modes: {', '.join(MODES)}")
@@ -118,7 +133,7 @@ class SearchStageConfig:
         return problems
 
     def validate_in(self, recipe: Any) -> list[str]:
-        from workbench.recipes.stage_utils import patch_size_problems
+        from workbench.stages.utils import patch_size_problems
 
         problems = patch_size_problems(self.patch_size, recipe.scale)
         if self.finetune_iters > 0 and not recipe.data.train:
@@ -128,8 +143,7 @@ class SearchStageConfig:
 
 def job_for_stage(cfg: SearchStageConfig, ctx: StageContext) -> Any:
     """The :class:`~workbench.search.study.SearchJob` a stage runs."""
-    from workbench.search.latency import LatencySettings
-    from workbench.search.objective import FinetuneSettings, ObjectiveConfig
+    from workbench.search.objective import ObjectiveConfig
     from workbench.search.space import SearchSpace
     from workbench.search.study import SearchJob
 
@@ -140,7 +154,7 @@ def job_for_stage(cfg: SearchStageConfig, ctx: StageContext) -> Any:
     train_files: tuple[str, ...] = ()
     train_lr: tuple[str, ...] | None = None
     if cfg.finetune_iters > 0:
-        from workbench.recipes.stage_utils import train_sources, training_files
+        from workbench.stages.utils import train_sources, training_files
 
         hr, lr = training_files(train_sources(ctx), scale=ctx.scale)
         train_files = tuple(str(p) for p in hr)

@@ -1,7 +1,7 @@
 """ONNX (QDQ) export of an int8 model and its check with onnxruntime.
 
 An int8 artifact (the ``quantize`` stage's: ``model.pt`` + ``quant.pt``) is rebuilt into the
-converted PT2E graph that deploy mode ``int8`` compiles (:func:`workbench.quantize.int8_from_model`)
+converted PT2E graph that deploy mode ``int8`` compiles (:func:`workbench.measure.quantize.int8_from_model`)
 and that graph is exported with ``torch.onnx.export(dynamo=True)``. The converted graph holds
 ``quantized_decomposed`` quantize/dequantize ops with the learned scales and zero-points as
 constants, and the dynamo exporter maps them one to one to ONNX ``QuantizeLinear`` /
@@ -13,7 +13,7 @@ Q/DQ insertion needed). The result is the standard QDQ form:
 * uint8 activations as ``QuantizeLinear``/``DequantizeLinear`` pairs carrying exactly the
   scale/zero-point of the torchao model (calibrated or QAT) -- :func:`export_int8_onnx` compares
   every pair with the converted graph and refuses a file where they differ;
-* the layers the :class:`~workbench.quantize.QuantConfig` keeps fp32 (stem, conv_2, upsampler,
+* the layers the :class:`~workbench.measure.quantize.QuantConfig` keeps fp32 (stem, conv_2, upsampler,
   each c5 by default) as plain fp32 convs.
 
 onnxruntime fuses each DQ -> Conv -> Q group into an integer convolution (QLinearConv), so its
@@ -21,7 +21,7 @@ rounding differs from torch's q/dq arithmetic by a few gray levels at worst;
 :func:`check_int8_onnx` judges by PSNR-Y: the ORT model against torch int8 on a validation set.
 
 Input ``lr`` (N, 3, H, W) float32 0..255, output ``sr``; H and W are dynamic from
-:data:`workbench.quantize.MIN_EXPORT_SIDE` (24) up, batch is fixed at 1 (the exported graph's).
+:data:`workbench.measure.quantize.MIN_EXPORT_SIDE` (24) up, batch is fixed at 1 (the exported graph's).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 __all__ = ["export_int8_onnx", "check_int8_onnx", "OrtModule", "INT8_MIN_OPSET",
            "MAX_PSNR_GAP_DB", "qdq_summary"]
@@ -137,8 +137,8 @@ def export_int8_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 
     import onnx
     from torch.export import Dim
 
-    from workbench.artifacts import atomic_write_bytes
-    from workbench.quantize import MIN_EXPORT_SIDE, int8_from_model
+    from workbench.models.artifacts import atomic_write_bytes
+    from workbench.measure.quantize import MIN_EXPORT_SIDE, int8_from_model
 
     _require_quantized(model)
     if opset < INT8_MIN_OPSET:
@@ -215,13 +215,13 @@ def check_int8_onnx(model: nn.Module, path: str | os.PathLike, pset: Any, *,
     arithmetic) and the fp32 weights; also the largest gray-level difference ORT vs torch int8.
     ``ok`` when |PSNR-Y(ORT) - PSNR-Y(torch int8)| <= ``max_gap_db``."""
     from workbench.data.benchmark import PairedSet
-    from workbench.evaluate import evaluate_set, image_to_tensor
-    from workbench.quantize import GraphRunner, int8_from_model
+    from workbench.measure.evaluate import evaluate_set, image_to_tensor
+    from workbench.measure.quantize import GraphRunner, int8_from_model
 
     _require_quantized(model)
     scale = int(getattr(model, "scale", pset.scale))
     pairs = list(getattr(pset, "pairs", pset))
-    from workbench.quantize import MIN_EXPORT_SIDE
+    from workbench.measure.quantize import MIN_EXPORT_SIDE
 
     for pair in pairs:
         h, w = np.asarray(pair.lr).shape[:2]

@@ -1,4 +1,4 @@
-"""Recipe stages of workbench.train: ``train``, ``warm_start``, ``contrastive``, ``finetune``, ``evaluate``.
+"""Recipe stages of workbench.train: ``train``, ``warm_start``, ``contrastive``, ``finetune``.
 
 All four training stages share one config (:class:`TrainingConfig`) and one implementation; they
 differ in where the weights start and in their defaults, which follow the RLFN paper / NTIRE 2022:
@@ -11,8 +11,7 @@ differ in where the weights start and in their defaults, which follow the RLFN p
   recipe reads like the paper; ``warm_start`` with that ``losses`` list is the same thing);
 - ``finetune``: a warm start with L2 loss, lr 1e-5 and 640x640 patches.
 
-``evaluate`` scores the previous stage's model with the paper's protocol and writes the means into
-that artifact's metrics.
+``evaluate`` (:mod:`workbench.stages.evaluate`) scores a stage's model.
 """
 from __future__ import annotations
 
@@ -20,14 +19,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.stages.registry import StageContext, StageResult, register_stage
+from workbench.train.settings import TrainSettings, default_of
 from workbench.recipes.schema import TrainSource
 
 log = logging.getLogger("workbench.train")
-
-
-def _l1() -> list[dict]:
-    return [{"type": "l1", "weight": 1.0}]
 
 
 def _check_losses(specs: list[dict]) -> list[str]:
@@ -36,36 +32,43 @@ def _check_losses(specs: list[dict]) -> list[str]:
     return check_loss_specs(specs)
 
 
+def _train_default(name: str, **metadata: Any) -> Any:
+    """A stage field whose default is :class:`TrainSettings`'s (the one source of the defaults)."""
+    return default_of(TrainSettings, name, **metadata)
+
+
+#: TrainSettings fields a stage config does not set: the loop's own bookkeeping, and ``teacher``,
+#: which in a stage config names the teacher model while in TrainSettings it is its weights hash.
+_NOT_FROM_CONFIG = {"epoch_iterations", "teacher"}
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Settings shared by every training stage."""
+    """Settings shared by every training stage (defaults: :class:`TrainSettings`'s)."""
 
     iterations: int = field(metadata={"help": "optimiser steps in this stage", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "patches per step (all processes together)", "min": 1})
-    patch_size: int = field(default=256, metadata={"help": "HR patch side in pixels (a multiple of the scale)",
-                                                   "min": 4})
-    lr: float = field(default=5e-4, metadata={"help": "initial learning rate (Adam)", "gt": 0, "lt": 1})
-    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
-    eps: float = field(default=1e-8, metadata={"help": "Adam eps", "gt": 0})
-    halve_every: int = field(default=200_000, metadata={"help": "multiply lr by gamma every N iterations",
-                                                         "min": 1})
-    gamma: float = field(default=0.5, metadata={"help": "lr factor at each step of the schedule",
-                                                "gt": 0, "max": 1})
-    losses: list[dict] = field(default_factory=_l1, metadata={
-        "help": "weighted losses: [{type: l1|l2|contrastive, weight: W, ...}]", "check": _check_losses})
+    batch_size: int = _train_default("batch_size", help="patches per step (all processes together)", min=1)
+    patch_size: int = _train_default("patch_size", help="HR patch side in pixels (a multiple of the scale)",
+                                     min=4)
+    lr: float = _train_default("lr", help="initial learning rate (Adam)", gt=0, lt=1)
+    betas: tuple[float, float] = _train_default("betas", help="Adam betas")
+    eps: float = _train_default("eps", help="Adam eps", gt=0)
+    halve_every: int = _train_default("halve_every", help="multiply lr by gamma every N iterations", min=1)
+    gamma: float = _train_default("gamma", help="lr factor at each step of the schedule", gt=0, max=1)
+    losses: list[dict] = _train_default("losses", help="weighted losses: [{type: l1|l2|contrastive, "
+                                        "weight: W, ...}]", check=_check_losses)
     augment: bool = field(default=True, metadata={"help": "random flips and 90-degree rotations"})
     samples_per_epoch: int | None = field(default=None, metadata={
         "help": "patches per data epoch (default: one per training image)", "min": 1})
-    checkpoint_every: int = field(default=1000, metadata={"help": "periodic resumable checkpoint every N "
-                                                                  "iterations (0: only at the end)", "min": 0})
-    val_every: int = field(default=0, metadata={"help": "validate every N iterations (0: only at the end)",
-                                                "min": 0})
+    checkpoint_every: int = _train_default("checkpoint_every", help="periodic resumable checkpoint every N "
+                                           "iterations (0: only at the end)", min=0)
+    val_every: int = _train_default("val_every", help="validate every N iterations (0: only at the end)", min=0)
     val: bool = field(default=True, metadata={"help": "validate on data.val at the end of the stage"})
-    log_every: int = field(default=50, metadata={"help": "TensorBoard/log interval in iterations", "min": 1})
-    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm", "gt": 0})
-    num_workers: int = field(default=0, metadata={"help": "data loader worker processes", "min": 0})
-    amp: str | None = field(default=None, metadata={"help": "mixed precision on CUDA: bf16 or fp16",
-                                                    "choices": ["bf16", "fp16"]})
+    log_every: int = _train_default("log_every", help="TensorBoard/log interval in iterations", min=1)
+    grad_clip: float | None = _train_default("grad_clip", help="clip the gradient norm", gt=0)
+    num_workers: int = _train_default("num_workers", help="data loader worker processes", min=0)
+    amp: str | None = _train_default("amp", help="mixed precision on CUDA: bf16 or fp16",
+                                     choices=["bf16", "fp16"])
     cache_images: bool = field(default=True, metadata={
         "help": "decode training images once and keep them in memory (off for DIV2K+Flickr2K)"})
     data: list[TrainSource] | None = field(default=None, metadata={
@@ -95,7 +98,7 @@ class TrainingConfig:
         if not self.data and not recipe.data.train:
             problems.append("data: this training stage needs training images: set data.train in the "
                             "recipe or data in the stage")
-        from workbench.recipes.stage_utils import patch_size_problems
+        from workbench.stages.utils import patch_size_problems
 
         return problems + patch_size_problems(self.patch_size, recipe.scale)
 
@@ -125,20 +128,18 @@ class FinetuneConfig(TrainingConfig):
 
 def settings_from_config(cfg: TrainingConfig, *, teacher: str | None = None):
     """The loop's TrainSettings for a training stage config (``teacher``: its weights hash)."""
-    from workbench.train.loop import TrainSettings
+    import dataclasses
 
-    return TrainSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, patch_size=cfg.patch_size,
-                         lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, halve_every=cfg.halve_every,
-                         gamma=cfg.gamma, losses=[dict(x) for x in cfg.losses],
-                         checkpoint_every=cfg.checkpoint_every, val_every=cfg.val_every,
-                         log_every=cfg.log_every, grad_clip=cfg.grad_clip, num_workers=cfg.num_workers,
-                         amp=cfg.amp, teacher=teacher)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainSettings)
+              if f.name not in _NOT_FROM_CONFIG}
+    values.update(betas=tuple(cfg.betas), losses=[dict(x) for x in cfg.losses])
+    return TrainSettings(**values, teacher=teacher)
 
 
 def build_train_dataset(ctx: StageContext, cfg: TrainingConfig, *, seed: int):
     """The stage's PatchDataset (crops, flips/rotations drawn per (seed, epoch, index))."""
     from workbench.data.training import PatchDataset
-    from workbench.recipes.stage_utils import train_sources, training_files
+    from workbench.stages.utils import train_sources, training_files
     from workbench.train.losses import uses_hr
 
     hr, lr, as_lr = training_files(train_sources(ctx, cfg.data), scale=ctx.scale, with_lr_only=True)
@@ -155,8 +156,8 @@ def stage_teacher(cfg: Any, ctx: StageContext, parent: Any):
     """
     import copy
 
-    from workbench.artifacts import load_model, state_digest
-    from workbench.errors import WorkbenchError
+    from workbench.models.artifacts import load_model, state_digest
+    from workbench.core.errors import WorkbenchError
     from workbench.train.losses import needs_teacher
 
     if not needs_teacher(cfg.losses):
@@ -185,7 +186,7 @@ def make_val_fn(ctx: StageContext, *, images: int = 1):
     SR of the first ``images`` pictures for TensorBoard.
     """
     from workbench.data.benchmark import load_set
-    from workbench.evaluate import evaluate_set, super_resolve
+    from workbench.measure.evaluate import evaluate_set, super_resolve
 
     val = ctx.recipe.data.val if ctx.recipe is not None else None
     name = val.sets[0] if val is not None and val.sets else "Set5"
@@ -208,7 +209,7 @@ def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
     import torch
 
     from workbench.models import build_model
-    from workbench.recipes.stage_utils import save_stage_artifact, stage_seed
+    from workbench.stages.utils import save_stage_artifact, stage_seed
     from workbench.train.loop import fit
 
     parent = ctx.load_parent()
@@ -259,41 +260,6 @@ def finetune_stage(cfg: FinetuneConfig, ctx: StageContext) -> StageResult:
     return run_training(cfg, ctx, from_scratch=False)
 
 
-# -- evaluate -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    sets: list[str] | None = field(default=None, metadata={
-        "help": "set names or folders (default: the recipe's data.val.sets)"})
-    root: str | None = field(default=None, metadata={
-        "help": "folder holding the named sets (default: data.val.root; none: embedded Set5)",
-        "exists": "dir"})
-    save_images: bool = field(default=False, metadata={"help": "write the SR images into the stage folder"})
-
-
-@register_stage("evaluate", config=EvaluateConfig,
-                help="PSNR/SSIM (Y, scale-pixel crop) and RGB PSNR of the previous stage's model")
-def evaluate_stage(cfg: EvaluateConfig, ctx: StageContext) -> StageResult:
-    from workbench.artifacts import atomic_write_json, update_metrics
-    from workbench.evaluate import evaluate, format_table, results_to_json
-
-    val = ctx.recipe.data.val if ctx.recipe is not None else None
-    sets = cfg.sets or (list(val.sets) if val is not None else ["Set5"])
-    root = cfg.root if cfg.root is not None else (val.root if val is not None else None)
-    parent = ctx.load_parent()
-    results = evaluate(parent.model, sets, scale=ctx.scale, data_root=root, device=ctx.device,
-                       save_dir=ctx.stage_dir / "sr" if cfg.save_images else None, progress=ctx.progress)
-    atomic_write_json(ctx.stage_dir / "eval.json", results_to_json(results))
-    table = format_table(results, per_image=False)
-    log.info("evaluation of %s:\n%s", parent.path or ctx.model_ref, table)
-    metrics = {name: {k: float(v) for k, v in res.mean.items()} for name, res in results.items()}
-    if parent.path is not None and parent.path.is_dir():
-        update_metrics(parent.path, metrics)
-    summary = ", ".join(f"{name} PSNR-Y {m['psnr_y']:.3f} dB SSIM-Y {m['ssim_y']:.4f}"
-                        for name, m in metrics.items())
-    return StageResult(artifact=None, metrics=metrics, summary=summary)
-
-
 __all__ = ["TrainingConfig", "TrainFromScratchConfig", "ContrastiveConfig", "FinetuneConfig",
-           "EvaluateConfig", "run_training", "settings_from_config", "build_train_dataset", "make_val_fn",
+           "run_training", "settings_from_config", "build_train_dataset", "make_val_fn",
            "stage_teacher"]

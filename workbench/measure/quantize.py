@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 log = logging.getLogger("workbench.quantize")
 
@@ -321,7 +321,7 @@ def _resize_buffer(gm: nn.Module, key: str, value: torch.Tensor) -> None:
 
 def quant_state_bytes(state: Mapping[str, torch.Tensor], cfg: QuantConfig) -> bytes:
     """``quant.pt`` as bytes (tensors and plain values only: loads with weights_only=True)."""
-    from workbench.artifacts import torch_bytes
+    from workbench.core.files import torch_bytes
 
     return torch_bytes({"format": QUANT_FORMAT, "config": cfg.to_dict(),
                         "state": {k: v.contiguous() for k, v in state.items()}})
@@ -335,7 +335,7 @@ def save_int8_artifact(path: str | Path, model: nn.Module, state: Mapping[str, t
     (``quant.pt``) and, in ``artifact.json`` ``config.quantization``, the QuantConfig and the
     state file's hash; written in one atomic step. Reloads with :func:`load_artifact` (the model
     then carries ``.quantization``) and runs in deploy mode ``int8``."""
-    from workbench.artifacts import save_artifact, sha256_bytes
+    from workbench.models.artifacts import save_artifact, sha256_bytes
 
     data = quant_state_bytes(state, cfg)
     qmeta = {"file": QUANT_FILE, "sha256": sha256_bytes(data), "observers": len(state),
@@ -347,8 +347,8 @@ def save_int8_artifact(path: str | Path, model: nn.Module, state: Mapping[str, t
 
 def load_quant_state(path: str | Path) -> tuple[QuantConfig, dict[str, torch.Tensor]]:
     """Read ``quant.pt`` with ``weights_only=True``; one-line errors for anything wrong."""
-    from workbench.artifacts import _torch_load
-    from workbench.errors import ArtifactError
+    from workbench.models.artifacts import _torch_load
+    from workbench.core.errors import ArtifactError
 
     path = Path(path)
     obj = _torch_load(path)

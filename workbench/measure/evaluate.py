@@ -4,7 +4,7 @@ Images travel as float tensors on the 0..255 scale (NCHW); a model whose family 
 on [0, 1] (SPAN, DIPNet) gets x/255 and its output is scaled back (:func:`run_model`). The output is
 clamped to 0..255 and rounded to uint8 before any metric is computed, exactly as the released
 results were produced.
-Metrics come from :mod:`workbench.metrics` (Y-PSNR/Y-SSIM with ``scale`` pixels cropped, RGB PSNR).
+Metrics come from :mod:`workbench.measure.metrics` (Y-PSNR/Y-SSIM with ``scale`` pixels cropped, RGB PSNR).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
-from workbench.metrics import image_metrics
+from workbench.core.device import resolve_device
+from workbench.core.errors import WorkbenchError
+from workbench.measure.metrics import image_metrics
 from workbench.models.family import run_model
 
 __all__ = ["SetResult", "METRICS", "resolve_device", "super_resolve", "evaluate_set", "evaluate",
@@ -36,20 +37,6 @@ class SetResult:
     scale: int
     images: list[dict[str, Any]] = field(default_factory=list)
     mean: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' / None -> CUDA when available, else CPU; 'cuda' without a GPU is a WorkbenchError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise WorkbenchError(f"device {str(device)[:40]!r}: choose auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError(f"device {str(device)!r} requested but no CUDA GPU is available "
-                             "(use --device cpu or auto)")
-    return dev
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -137,7 +124,7 @@ def evaluate_set(model: nn.Module, pset: Any, *, device: str | torch.device | No
 
     With ``save_dir`` each SR image is written as ``save_dir/<set>/x<scale>/<image>.png``.
     """
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     set_name = str(getattr(pset, "name", "set"))
     scale = int(getattr(pset, "scale"))

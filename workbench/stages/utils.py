@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.recipes.registry import StageContext
+from workbench.data.training import patch_size_problems  # noqa: F401  (stages import it from here)
+from workbench.stages.registry import StageContext
 
 
 def stage_seed(ctx: StageContext, salt: int = 0) -> int:
@@ -37,12 +38,12 @@ def save_stage_artifact(ctx: StageContext, model: nn.Module, *, parent: Any = No
                         path: Path | None = None, lineage: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` as this stage's artifact (``ctx.artifact_dir``) with full lineage.
 
-    ``parent`` is the :class:`~workbench.artifacts.Artifact` the stage started from (its path and
+    ``parent`` is the :class:`~workbench.models.artifacts.Artifact` the stage started from (its path and
     weights hash are recorded); ``config`` the stage's config dataclass (stored resolved);
     ``lineage`` extra lineage entries (e.g. the distillation teacher and its weights hash).
     Only rank 0 writes; other ranks get the path back without writing.
     """
-    from workbench.artifacts import make_lineage, save_artifact
+    from workbench.models.artifacts import make_lineage, save_artifact
     from workbench.recipes.loader import to_plain
 
     target = Path(path) if path is not None else ctx.artifact_dir
@@ -73,7 +74,7 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
     image itself is an LR input; only teacher-based losses can train on it).
     """
     from workbench.data.training import exclude_files, find_training_pairs, sample_images_dir
-    from workbench.errors import WorkbenchError
+    from workbench.core.errors import WorkbenchError
 
     if not sources:
         raise WorkbenchError("no training data: set data.train in the recipe (or data in the stage)")
@@ -105,18 +106,3 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
     if with_lr_only:
         return hr_all, lr_all, as_lr
     return hr_all, lr_all
-
-
-def patch_size_problems(patch_size: int, scale: int | None) -> list[str]:
-    """Loader problems of a training patch size at ``scale``: it must be a multiple of the scale,
-    and the LR patch must be at least MIN_LR_SIZE (ESA's strided conv and 7x7 max-pool)."""
-    if not scale:
-        return []
-    if patch_size % scale:
-        return [f"patch_size: must be a multiple of the scale {scale}, got {patch_size}"]
-    from workbench.models import MIN_LR_SIZE
-
-    if patch_size // scale < MIN_LR_SIZE:
-        return [f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (RLFN's ESA needs "
-                f"LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE} or more), got {patch_size}"]
-    return []

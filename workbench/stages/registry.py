@@ -9,7 +9,7 @@ and its ``metadata``:
 - ``choices``: allowed values.
 
 Registration is explicit (a decorator in the stage's own module; the module is imported by
-:mod:`workbench.recipes.stages`), never by scanning file names.
+:mod:`workbench.stages.builtin`), never by scanning file names.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from workbench.artifacts import Artifact
+    from workbench.models.artifacts import Artifact
 
 
 @dataclass
@@ -58,7 +58,7 @@ class StageContext:
         return self.stage_dir / "checkpoints"
 
     def load_parent(self) -> "Artifact":
-        from workbench.artifacts import load_model
+        from workbench.models.artifacts import load_model
 
         return load_model(self.parent if self.parent is not None else self.model_ref)
 
@@ -102,12 +102,12 @@ def register_stage(name: str, *, config: type, help: str, distributed: bool = Fa
 
 
 def get_stage(name: str) -> StageType:
-    from workbench.recipes import stages  # noqa: F401  (imports register every stage)
+    from workbench.stages import builtin as stages  # noqa: F401  (imports register every stage)
 
     return STAGES[name]
 
 
 def all_stages() -> dict[str, StageType]:
-    from workbench.recipes import stages  # noqa: F401
+    from workbench.stages import builtin as stages  # noqa: F401
 
     return dict(STAGES)

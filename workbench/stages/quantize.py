@@ -2,7 +2,7 @@
 
 ``method: qat`` (default) fine-tunes with fake quantization: the model is exported and prepared
 with torchao's PT2E QAT flow (X86InductorQuantizer, per-channel int8 weights, uint8 activations;
-the stem and upsampler convs stay fp32, :class:`workbench.quantize.QuantConfig`), then trained
+the stem and upsampler convs stay fp32, :class:`workbench.measure.quantize.QuantConfig`), then trained
 with Adam on L1 distillation from the fp32 parent -- the student's SR against the teacher's SR on
 the same LR patch, so it learns to reproduce the parent, not to re-fit the training set -- plus
 an optional L1 to the HR patch. The observers stop moving after ``freeze_observers`` of the
@@ -11,8 +11,8 @@ iterations, so the last steps train the weights for the ranges that conversion w
 
 The artifact holds the fine-tuned fp32 weights (``model.pt``, loadable as an ordinary fp32
 model), the observers' state (``quant.pt``, tensors only) and the config (``artifact.json``
-``config.quantization``); :func:`workbench.artifacts.load_artifact` reattaches the state and
-:func:`workbench.deploy.prepare` (mode ``int8``) converts and compiles it. Metrics: PSNR-Y of the
+``config.quantization``); :func:`workbench.models.artifacts.load_artifact` reattaches the state and
+:func:`workbench.measure.deploy.prepare` (mode ``int8``) converts and compiles it. Metrics: PSNR-Y of the
 int8 model (the converted graph, evaluated as quantize/dequantize arithmetic) and of the parent
 on the recipe's validation set.
 
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.recipes.registry import StageContext, StageResult, register_stage
+from workbench.stages.registry import StageContext, StageResult, register_stage
 from workbench.recipes.schema import TrainSource
 
 log = logging.getLogger("workbench.quantize")
@@ -81,7 +81,7 @@ class QuantizeConfig:
             problems.append("data: quantize needs training images (calibration / QAT): set "
                             "data.train in the recipe or data in the stage")
         if self.method == "qat":
-            from workbench.recipes.stage_utils import patch_size_problems
+            from workbench.stages.utils import patch_size_problems
 
             problems += patch_size_problems(self.patch_size, recipe.scale)
         return problems
@@ -123,8 +123,8 @@ def _fingerprint(cfg: QuantizeConfig, qcfg, parent_id: str | None) -> dict[str, 
 
 
 def _load_qat_checkpoint(path, *, seed: int, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    from workbench.artifacts import _torch_load
-    from workbench.errors import ArtifactError, WorkbenchError
+    from workbench.models.artifacts import _torch_load
+    from workbench.core.errors import ArtifactError, WorkbenchError
 
     restart = "delete it to restart the stage from its beginning"
     try:
@@ -150,8 +150,8 @@ def _load_graph_state(gm, state, path) -> None:
     another shape, so mismatched buffers are resized first."""
     import torch
 
-    from workbench.errors import WorkbenchError
-    from workbench.quantize import _resize_buffer
+    from workbench.core.errors import WorkbenchError
+    from workbench.measure.quantize import _resize_buffer
 
     current = gm.state_dict()
     if set(current) != set(state):
@@ -181,7 +181,7 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.fake_quantize import disable_observer
 
-    from workbench.quantize import export_model, make_quantizer
+    from workbench.measure.quantize import export_model, make_quantizer
     from workbench.train.loop import TrainingDiverged
 
     torch.manual_seed(seed)
@@ -192,7 +192,7 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     from torchao.quantization.pt2e import quantize_pt2e
 
     gm = export_model(parent_model, example, dynamic=False)
-    from workbench.quantize import skipped_modules
+    from workbench.measure.quantize import skipped_modules
 
     student = quantize_pt2e.prepare_qat_pt2e(gm, make_quantizer(qcfg, skipped_modules(parent_model, qcfg)))
     move_exported_model_to_train(student)
@@ -208,7 +208,7 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     ckpt_path = Path(checkpoint_dir) / QAT_CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.is_file():
         ckpt = _load_qat_checkpoint(ckpt_path, seed=seed, fingerprint=fingerprint)
-        from workbench.errors import WorkbenchError
+        from workbench.core.errors import WorkbenchError
 
         _load_graph_state(student, ckpt["model"], ckpt_path)
         try:
@@ -269,18 +269,18 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
 def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     import torch
 
-    from workbench.artifacts import make_lineage
+    from workbench.models.artifacts import make_lineage
     from workbench.data.training import PatchDataset
     from workbench.models import build_model
-    from workbench.quantize import (QuantConfig, calibrate, calibration_crops, convert,
+    from workbench.measure.quantize import (QuantConfig, calibrate, calibration_crops, convert,
                                     prepare_model, quant_state, save_int8_artifact)
     from workbench.recipes.loader import to_plain
-    from workbench.recipes.stage_utils import (is_main, stage_seed, train_sources,
+    from workbench.stages.utils import (is_main, stage_seed, train_sources,
                                                training_files)
 
     parent = ctx.load_parent()
     model = parent.model.eval().cpu()
-    from workbench.quantize import require_int8_family
+    from workbench.measure.quantize import require_int8_family
 
     require_int8_family(model)
     seed = stage_seed(ctx)
@@ -292,7 +292,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
         patch = cfg.patch_size
         usable = [i for i, f in enumerate(hr_files) if min(_size(f)) >= patch]
         if not usable:
-            from workbench.errors import WorkbenchError
+            from workbench.core.errors import WorkbenchError
 
             raise WorkbenchError(f"quantize: no training image holds a {patch}x{patch} patch "
                                  f"({len(hr_files)} images); lower patch_size")
@@ -343,8 +343,8 @@ def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str
     """PSNR-Y of the converted int8 graph (q/dq arithmetic, eager) and of the fp32 parent on
     every validation set; the first set's figures also as ``val_*``."""
     from workbench.data.benchmark import load_set
-    from workbench.evaluate import evaluate_set
-    from workbench.quantize import GraphRunner, convert, restore_prepared
+    from workbench.measure.evaluate import evaluate_set
+    from workbench.measure.quantize import GraphRunner, convert, restore_prepared
 
     val = ctx.recipe.data.val
     int8 = GraphRunner(convert(restore_prepared(weights, qcfg, state)))

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 
 class LockedError(WorkbenchError):

@@ -5,7 +5,7 @@ CI job) tqdm would still write carriage-return redraws and cursor escapes, which
 one enormous line; here the bar instead prints a plain line every ``WORKBENCH_PROGRESS_INTERVAL``
 seconds (default 30) and a last line when it ends, and never writes ``\\r`` or escapes.
 
-Use ``from workbench.progress import tqdm`` in place of ``from tqdm import tqdm``.
+Use ``from workbench.core.progress import tqdm`` in place of ``from tqdm import tqdm``.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workbench.recipes.registry import StageContext, StageResult, register_stage
-from workbench.train.stages import TrainingConfig
+from workbench.stages.registry import StageContext, StageResult, register_stage
+from workbench.stages.train import TrainingConfig
 
 log = logging.getLogger("workbench.prune")
 
@@ -59,7 +59,7 @@ class SensitivityConfig:
         if len(self.latency_shape) != 4 or min(self.latency_shape, default=0) < 1:
             problems.append(f"latency_shape: must be four positive sizes, got {self.latency_shape}")
         if self.deploy is not None:
-            from workbench.deploy import MODES
+            from workbench.measure.deploy import MODES
 
             if self.deploy not in MODES:
                 problems.append(f"deploy: unknown mode {self.deploy!r}; modes: {', '.join(MODES)}")
@@ -144,9 +144,9 @@ def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
     import torch
 
     from workbench.prune.sfp import SoftFilterPruning
-    from workbench.recipes.stage_utils import save_stage_artifact, stage_seed
+    from workbench.stages.utils import save_stage_artifact, stage_seed
     from workbench.train.loop import fit
-    from workbench.train.stages import build_train_dataset, make_val_fn, settings_from_config, stage_teacher
+    from workbench.stages.train import build_train_dataset, make_val_fn, settings_from_config, stage_teacher
 
     parent = ctx.load_parent()
     model = parent.model
@@ -217,7 +217,7 @@ class PruneConfig:
                 help="remove the lowest-importance channels physically to given widths (one shot)")
 def prune_stage(cfg: PruneConfig, ctx: StageContext) -> StageResult:
     from workbench.prune.surgery import drop_blocks, prune_to_widths
-    from workbench.recipes.stage_utils import save_stage_artifact
+    from workbench.stages.utils import save_stage_artifact
 
     parent = ctx.load_parent()
     widths = ({"trunk": cfg.trunk} if cfg.trunk is not None else {}) | dict(cfg.targets or {})

@@ -7,7 +7,8 @@ activations are the summed element counts of every Conv2d output; convs the numb
 calls. The forward pass runs on the ``meta`` device, so counting costs no arithmetic.
 
 Latency is measured after warm-up, under ``torch.inference_mode``: with CUDA events and a
-synchronisation on GPU, with ``time.perf_counter`` on CPU; median and p90 over the repeats. The
+synchronisation on GPU, with ``time.perf_counter`` on CPU; median and p90 over the repeats
+(:mod:`workbench.measure.timing`: the timer and the one definition of the statistics). The
 NTIRE protocol (:func:`ntire_latency`) is the mean per-image time over a folder of full LR images.
 Every result records the device, its name, the dtype, threads, torch version and input shape,
 because a latency without those is meaningless.
@@ -19,15 +20,18 @@ import copy
 import io
 import os
 import platform
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.device import num_threads
+from workbench.core.errors import WorkbenchError
+from workbench.measure import timing
+from workbench.measure.timing import (CLOCKS, DEFAULT_REPEATS, DEFAULT_WARMUP, Timer as _Timer,
+                                      interleaved_times, round_ratios, spread)
 
 __all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
            "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
@@ -285,119 +289,14 @@ def hardware_key(device: torch.device | str = "cpu", *, cpuinfo: str | None = No
             f"{hw['stepping']}|flags {hw['flags_sha256']}|{hw['model_name']}|x{hw['cpus']}")
 
 
-@contextlib.contextmanager
-def num_threads(threads: int | None) -> Iterator[int]:
-    """Temporarily set torch's intra-op thread count (None: leave it); yields the count in use."""
-    old = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise WorkbenchError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(int(threads))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if threads is not None:
-            torch.set_num_threads(old)
-
-
 def _resolve(device: str | torch.device | None) -> torch.device:
-    from workbench.evaluate import resolve_device
+    from workbench.core.device import resolve_device
 
     return resolve_device(device)
 
 
-def spread(values: Sequence[float], suffix: str = "") -> dict[str, float]:
-    """The one definition of latency statistics in workbench (profile, sweeps, the search's
-    cache, sensitivity): median, p10/p25/p75/p90 (numpy's linear interpolation between order
-    statistics), the IQR (p75 - p25), mean, min and max of ``values``, each key + ``suffix``
-    (``"_ms"`` for times, ``""`` for ratios). Every caller computes its percentiles here, so a
-    "p90" means the same thing in a sweep CSV, a trial record and a sensitivity row."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    if arr.size == 0:
-        raise WorkbenchError("no timings to summarise")
-    p10, p25, p75, p90 = (float(v) for v in np.percentile(arr, [10, 25, 75, 90]))
-    out = {"median": float(np.median(arr)), "p10": p10, "p25": p25, "p75": p75, "p90": p90,
-           "iqr": p75 - p25, "mean": float(arr.mean()), "min": float(arr.min()),
-           "max": float(arr.max())}
-    return {k + suffix: v for k, v in out.items()}
-
-
 def _summary(times_ms: Sequence[float]) -> dict[str, float]:
-    return spread(times_ms, "_ms")
-
-
-CLOCKS = ("wall", "cpu")
-
-
-class _Timer:
-    """Times one call: CUDA events + synchronise on GPU, perf_counter on CPU.
-
-    ``clock="cpu"`` (CPU only) uses the process's CPU time instead of wall time: on a machine
-    shared with other busy processes it counts only the time this process actually computed, so
-    with ``threads=1`` it stays close to the unloaded latency (with more threads it also counts
-    time spent spinning at barriers while a sibling thread is descheduled).
-    """
-
-    def __init__(self, device: torch.device, clock: str = "wall") -> None:
-        if clock not in CLOCKS:
-            raise WorkbenchError(f"clock {clock!r}: choose one of {', '.join(CLOCKS)}")
-        if clock == "cpu" and device.type == "cuda":
-            raise WorkbenchError("clock 'cpu' measures CPU time; GPU latency uses CUDA events")
-        self.cuda = device.type == "cuda"
-        self.now = time.perf_counter if clock == "wall" else time.process_time
-
-    def __call__(self, fn: Callable[[], Any]) -> float:
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return float(start.elapsed_time(end))
-        t0 = self.now()
-        fn()
-        return (self.now() - t0) * 1e3
-
-
-def interleaved_times(runners: dict[str, Callable[[], Any]], *, device: str | torch.device = "cpu",
-                      rounds: int = 10, warmup: int = 1, clock: str = "wall",
-                      progress: bool = False, desc: str = "latency") -> dict[str, list[float]]:
-    """Time several forward passes side by side: ``warmup`` untimed calls of each, then
-    ``rounds`` rounds that time every runner once, in order (A B C A B C ...).
-
-    A slow spell of a shared machine then hits every runner alike, so the per-round ratios
-    (:func:`round_ratios`) hold even when absolute times drift. Returns name -> times in ms.
-    """
-    from workbench.progress import tqdm
-
-    if rounds < 1 or warmup < 0:
-        raise WorkbenchError(f"rounds must be >= 1 and warmup >= 0 (got {rounds}, {warmup})")
-    dev = _resolve(device)
-    timer = _Timer(dev, clock)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    with torch.inference_mode():
-        for fn in runners.values():
-            for _ in range(warmup):
-                fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        with tqdm(total=rounds * len(runners), desc=desc, unit="run", disable=not progress,
-                  leave=False) as bar:
-            for _ in range(rounds):
-                for name, fn in runners.items():
-                    times[name].append(timer(fn))
-                    bar.update()
-    return times
-
-
-def round_ratios(times: dict[str, list[float]], reference: str) -> dict[str, list[float]]:
-    """Per-round latency ratios to ``reference`` (from :func:`interleaved_times`): the ratio of
-    two passes timed next to each other, whose spread shows how far the ratio can be trusted."""
-    ref = times[reference]
-    return {name: [t / r if r > 0 else float("nan") for t, r in zip(ts, ref)]
-            for name, ts in times.items()}
+    return timing.spread(times_ms, "_ms")
 
 
 def _prepared_copy(model: nn.Module, device: torch.device, dtype: torch.dtype,
@@ -420,13 +319,13 @@ def _record(device: torch.device, dtype: torch.dtype, threads: int, input_shape:
 
 def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 256),
                     device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
-                    warmup: int = 5, repeats: int = 20, threads: int | None = None,
+                    warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS, threads: int | None = None,
                     channels_last: bool = False, prepared: bool = False,
                     clock: str = "wall") -> dict[str, Any]:
     """Latency of one forward pass on a random 0..255 input of ``input_shape``.
 
     The model is copied and moved to ``device``/``dtype`` (the caller's model is untouched) unless
-    ``prepared`` says it is already there (e.g. a :func:`workbench.deploy.prepare` result).
+    ``prepared`` says it is already there (e.g. a :func:`workbench.measure.deploy.prepare` result).
     ``clock="cpu"`` times process CPU time instead of wall time (see :class:`_Timer`).
     Returns median/p90/mean/min in ms and the conditions of the measurement.
     """
@@ -457,7 +356,7 @@ def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int]
                     device: str | torch.device = "cpu", rounds: int = 20, warmup: int = 3,
                     threads: int | None = None, clock: str = "wall",
                     progress: bool = False) -> list[dict[str, Any]]:
-    """Several prepared models (e.g. :func:`workbench.deploy.prepare` results taking float32
+    """Several prepared models (e.g. :func:`workbench.measure.deploy.prepare` results taking float32
     input), timed interleaved in one run; one row per model with its latency statistics and
     its per-round latency ratio to the *first* model (median, p10, p90), so two models or two
     deploy modes are compared side by side under the same load."""
@@ -475,7 +374,7 @@ def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int]
     cond = _record(dev, torch.float32, used, input_shape, clock=clock)
     rows = []
     for name in runners:
-        r = spread(ratios[name])
+        r = timing.spread(ratios[name])
         rows.append({"name": name, **_summary(times[name]), "ratio": r["median"],
                      "ratio_p10": r["p10"], "ratio_p90": r["p90"], "reference": first,
                      "rounds": rounds, "warmup": warmup, **cond})
@@ -517,7 +416,7 @@ def ntire_latency(model: nn.Module, lr_folder_or_set: Any, *, device: str | torc
     HWC arrays. The first image is run ``warmup`` times first; each image is then timed once
     (host-to-device copy excluded, device synchronised).
     """
-    from workbench.progress import tqdm
+    from workbench.core.progress import tqdm
 
     dev = _resolve(device)
     dt = parse_dtype(dtype)
@@ -541,8 +440,8 @@ def ntire_latency(model: nn.Module, lr_folder_or_set: Any, *, device: str | torc
                 x = to_input(arr)
                 per_image.append({"name": name, "shape": list(arr.shape[:2]),
                                   "ms": timer(lambda: m(x))})
-    times = [p["ms"] for p in per_image]
-    return {"mean_ms": float(np.mean(times)), "median_ms": float(np.median(times)),
+    stats = timing.spread([p["ms"] for p in per_image], "_ms")
+    return {"mean_ms": stats["mean_ms"], "median_ms": stats["median_ms"],
             "images": len(per_image), "per_image": per_image, "warmup": warmup,
             **_record(dev, dt, used, [1, 3, "H", "W"], channels_last=channels_last, clock=clock,
                       protocol="ntire: mean per-image time over full LR images")}
@@ -568,7 +467,7 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
 
     Every trunk group (``trunk.0`` ... ``trunk.<n>``) gets the width; middle and ESA widths stay
     unless ``include_mid`` also sets every block's middle widths (``block<i>.mid1/mid2``).
-    ``deploy_mode`` times each width as :func:`workbench.deploy.prepare` makes it (e.g. ``fused``).
+    ``deploy_mode`` times each width as :func:`workbench.measure.deploy.prepare` makes it (e.g. ``fused``).
     Measurements are interleaved (one timed pass of every width per round) so that a change in
     background load spreads over all widths instead of biasing some of them.
     Returns one row per width: width, params, flops_g, median_ms, p90_ms, mean_ms, min_ms, and
@@ -591,7 +490,7 @@ def sweep_trunk_widths(base_spec: Any, widths: Iterable[int] = range(32, 65, 2),
         counts = ntire_counts(m, input_shape=input_shape)
         rows[w] = {"width": w, "params": counts["params"], "flops_g": counts["flops_g"]}
         if deploy_mode is not None:
-            from workbench.deploy import prepare
+            from workbench.measure.deploy import prepare
 
             models[w] = prepare(m, device=dev, mode=deploy_mode, example_shape=input_shape)
         else:
@@ -622,7 +521,7 @@ def write_sweep_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
     """Write the sweep rows as CSV (atomically)."""
     import csv
 
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(_SWEEP_COLUMNS), extrasaction="ignore")
@@ -641,7 +540,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from workbench.artifacts import atomic_write_bytes
+    from workbench.core.files import atomic_write_bytes
 
     w = [r["width"] for r in rows]
     med = [r["median_ms"] for r in rows]

@@ -26,7 +26,7 @@ Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 a
                    on Set5 x4 (0.001 dB Y-PSNR), so NOT within the one-level budget.
 ``bf16_autocast``  ``torch.autocast`` to bfloat16 everywhere: up to 7 gray levels (not within).
 ``int8``           CPU: torchao PT2E int8 (uint8 activations, per-channel int8 weights, stem and
-                   upsampler convs fp32; :mod:`workbench.quantize`) under torch.compile with
+                   upsampler convs fp32; :mod:`workbench.measure.quantize`) under torch.compile with
                    freezing. A model that carries a quantization state (an artifact of the
                    ``quantize`` stage) uses it; any other is calibrated post-training on
                    ``calibration`` (default: crops of the shipped T91 samples). Judged by PSNR,
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 __all__ = ["MODES", "CPU_MODES", "GPU_MODES", "Deployed", "prepare", "max_gray_diff",
            "check_deploy", "available_modes", "RECOMMENDED", "default_mode",
@@ -110,7 +110,7 @@ def reduced_precision_mode(device: str | torch.device = "cpu", *,
     """The reduced-precision mode worth judging on ``device``: ``fp16`` on a GPU, ``bf16`` on a
     CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16 flags), else None (bf16 is
     emulated and slower there). ``cpuinfo`` overrides /proc/cpuinfo (tests)."""
-    from workbench.profiling import cpu_flags
+    from workbench.measure.profiling import cpu_flags
 
     if torch.device(device).type == "cuda":
         return "fp16"
@@ -433,7 +433,7 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
     ``calibration`` (1x3xHxW LR float tensors, 0..255) only to ``int8``. The caller's model is
     not modified.
     """
-    from workbench.evaluate import resolve_device
+    from workbench.measure.evaluate import resolve_device
 
     dev = resolve_device(device)
     if mode not in MODES:
@@ -491,7 +491,7 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
 
         return done(run_autocast, m, cl=True)
     if mode == "int8":
-        from workbench.quantize import GraphRunner, compile_int8, int8_from_model, require_int8_family
+        from workbench.measure.quantize import GraphRunner, compile_int8, int8_from_model, require_int8_family
 
         require_int8_family(model)
 
@@ -524,7 +524,7 @@ def max_gray_diff(model: nn.Module, deployed: nn.Module, images: Iterable[Any], 
     ``images`` are uint8 HWC LR arrays, ImagePairs or a PairedSet. Returns ``max`` over all
     images, ``per_image`` maxima and the fraction of output values that differ at all.
     """
-    from workbench.evaluate import image_to_tensor, resolve_device, tensor_to_image
+    from workbench.measure.evaluate import image_to_tensor, resolve_device, tensor_to_image
     from workbench.models.family import run_model
 
     dev = resolve_device(device) if device is not None else torch.device("cpu")
@@ -567,7 +567,7 @@ def judge_precision(model: nn.Module, mode: str, images: Any, *,
     (``max_gray_diff``) but does not decide. Returns psnr_fp32, psnr_mode, drop, max_gray_diff,
     accepted and the settings.
     """
-    from workbench.evaluate import evaluate_set, resolve_device
+    from workbench.measure.evaluate import evaluate_set, resolve_device
 
     dev = resolve_device(device)
     pairs = list(getattr(images, "pairs", images))

@@ -31,7 +31,10 @@ from typing import Any, Mapping
 import torch
 
 from workbench import __version__
-from workbench.errors import ArtifactError, WorkbenchError, WriteError
+from workbench.core.errors import ArtifactError, WorkbenchError, WriteError
+from workbench.core.files import (_fsync_dir, atomic_torch_save, atomic_write_bytes,  # noqa: F401
+                                  atomic_write_json, dir_mode, file_mode, sha256_bytes, sha256_file,
+                                  torch_bytes)
 from workbench.models import (FAMILIES, RLFN, RLFNSpec, build_model, create_model, family_of,
                               family_of_spec, get_family, parse_model_name, preset_family)
 
@@ -56,106 +59,6 @@ class Artifact:
     @property
     def name(self) -> str:
         return self.path.name if self.path else "model"
-
-
-# -- low-level atomic writes ------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux shows it (setting and restoring
-    it would, for an instant, give files made by other threads no umask at all)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """Mode for a new output file: 0666 less the umask (mkstemp alone would give 0600)."""
-    return 0o666 & ~_umask()
-
-
-def dir_mode() -> int:
-    """Mode for a new output folder: 0777 less the umask (mkdtemp alone would give 0700)."""
-    return 0o777 & ~_umask()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename; the old file survives errors.
-
-    The file gets the mode an ordinary ``open`` would give (the umask applies). An OSError (a
-    full disk, a read-only folder, a path whose parent is a file) becomes a one-line
-    :class:`WriteError` naming ``path``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise WorkbenchError(f"{path}: is a folder; expected a file path to write")
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, WriteError):
-            raise
-        raise WriteError(path, exc) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def torch_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save through :func:`atomic_write_bytes` (serialised in memory first)."""
-    atomic_write_bytes(path, torch_bytes(obj))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- lineage --------------------------------------------------------------------------------
@@ -471,11 +374,11 @@ def _from_meta(path: Path, meta: Any, state: Any, sha: str | None) -> Artifact:
 def _attach_quantization(path: Path, meta: Mapping[str, Any], art: Artifact) -> None:
     """An int8 artifact (``config.quantization`` and ``quant.pt``): load the quantization state
     (weights_only, hash-checked) and attach it to the model as ``model.quantization`` for
-    :func:`workbench.deploy.prepare` (mode ``int8``); the fp32 weights load as usual."""
+    :func:`workbench.measure.deploy.prepare` (mode ``int8``); the fp32 weights load as usual."""
     qmeta = (meta.get("config") or {}).get("quantization")
     if not qmeta:
         return
-    from workbench.quantize import QUANT_FILE, load_quant_state
+    from workbench.measure.quantize import QUANT_FILE, load_quant_state
 
     qpath = path / qmeta.get("file", QUANT_FILE)
     if not qpath.is_file():
