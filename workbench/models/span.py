@@ -400,11 +400,23 @@ def drop_blocks(model: "SPAN", keep: list[int]) -> "SPAN":
     return renumber_blocks(model, keep, target)
 
 
+def int8_fp32(model: "SPAN") -> tuple[str, ...]:
+    """The layers int8 keeps fp32 (workbench.measure.quantize), measured on span_ch28_x4, PTQ on 16
+    T91 crops of 48x48 LR, Set5 PSNR-Y (fp32 31.739): stem and upsampler fp32 30.056; + conv_cat
+    31.250 (its one per-tensor uint8 input spans four concatenated tensors of different ranges:
+    alone int8 it costs 1.3 dB); + the most sensitive body convs (block 1's c1_r and c2_r,
+    block 2's c1_r, the last block's c2_r: each alone int8 costs 0.07-0.21 dB, the others
+    0.03-0.06) 31.610. (Every c1_r and c2_r fp32: 31.679, but then little of the body is int8.)"""
+    last = len(model.spec.blocks)
+    return ("conv_1", "upsampler.0", "conv_cat", "block_1.c1_r", "block_1.c2_r", "block_2.c1_r",
+            f"block_{last}.c2_r")
+
+
 FAMILY = register_family(Family(
     name="span", spec_type=SPANSpec, build=lambda spec: SPAN(spec),
     spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
     claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: 1.0,
     mean=lambda spec: SPAN_MEAN, group_name=span_group_name,
     fused=lambda model, hw: FusedSPAN(model, hw), bf16=lambda model: MixedBF16SPAN(model),
-    drop_blocks=drop_blocks,
+    drop_blocks=drop_blocks, int8_fp32=int8_fp32,
     about="SPAN (deploy form: Conv3XC folded into 3x3 convs)"))
