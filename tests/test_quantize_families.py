@@ -109,12 +109,21 @@ def model_output_255(model, y):
     return model_output(model, y)
 
 
-@pytest.mark.parametrize("name", ["span", "tiny_edsr_x4", "tiny_imdn_x2"])
+def _named(name: str):
+    if name == "span":
+        return _span()
+    if name == "dipnet_tiny_x2":  # RLFN-shaped, inputs on [0, 1], bias-free convs outside ESA
+        torch.manual_seed(0)
+        return create_model(name).eval()
+    return _custom(name)
+
+
+@pytest.mark.parametrize("name", ["span", "dipnet_tiny_x2", "tiny_edsr_x4", "tiny_imdn_x2"])
 def test_int8_artifact_reloads_weights_only_and_evaluates(name, tmp_path: Path) -> None:
     from workbench.data.benchmark import load_set
     from workbench.measure.evaluate import evaluate_set
 
-    model = _span() if name == "span" else _custom(name)
+    model = _named(name)
     calib = _smooth(4, 24, seed=1)
     cfg = resolve_config(model)
     prepared = prepare_model(model, cfg, model_input(model, calib[0]))
@@ -212,14 +221,14 @@ def test_int8_deploy_mode_compiled(name) -> None:
     assert out.shape == ref.shape and _psnr(out, ref) > 25.0 and not torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("name", ["span", "tiny_edsr_x4"])
+@pytest.mark.parametrize("name", ["span", "dipnet_tiny_x2", "tiny_edsr_x4"])
 def test_qdq_onnx_export_and_onnxruntime(name, tmp_path: Path) -> None:
     pytest.importorskip("onnx", reason="ONNX export needs onnx")
     pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
     pytest.importorskip("onnxruntime", reason="the check needs onnxruntime")
     from workbench.measure.quantize_onnx import OrtModule, export_int8_onnx
 
-    model = _span() if name == "span" else _custom(name)
+    model = _named(name)
     calib = _smooth(4, 24, seed=1)
     cfg = resolve_config(model)
     prepared = prepare_model(model, cfg, model_input(model, calib[0]))
