@@ -157,7 +157,7 @@ def test_int8_refuses_a_module_without_family_in_one_line() -> None:
         prepare(bare, mode="int8", example_shape=None)
 
 
-def _recipe(tmp_path: Path, model: str, scale: int) -> Path:
+def _recipe(tmp_path: Path, model: str, scale: int, method: str = "qat") -> Path:
     images = make_smooth_images(tmp_path / "images", n=4, size=64, small=8, seed=1, prefix="im")
     val = tmp_path / "val" / "Tiny"
     make_smooth_images(val / "HR", n=1, size=64, small=8, seed=5, prefix="v")
@@ -172,8 +172,9 @@ def _recipe(tmp_path: Path, model: str, scale: int) -> Path:
         "model": model, "scale": scale, "seed": 3, "device": "cpu",
         "data": {"train": [{"root": str(images), "layout": "folder"}],
                  "val": {"sets": ["Tiny"], "root": str(tmp_path / "val")}},
-        "stages": [{"id": "int8", "stage": "quantize", "method": "qat", "iterations": 3,
-                    "batch_size": 2, "patch_size": 16 * scale, "log_every": 1}],
+        "stages": [{"id": "int8", "stage": "quantize", "method": method, "iterations": 3,
+                    "batch_size": 2, "patch_size": 16 * scale, "log_every": 1,
+                    "calibration_images": 3, "calibration_lr_size": 24}],
     }
     path = tmp_path / "int8.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -197,12 +198,26 @@ def test_qat_stage_for_other_families(model, scale, tmp_path: Path) -> None:
     assert q["qat"] is True and q["skip"]
     assert meta["metrics"]["iterations"] == 3 and "val_psnr_y_int8" in meta["metrics"]
     assert meta["metrics"]["loss"] < 100  # L1 on 0..255 of a random tiny model
+    assert abs(meta["metrics"]["val_psnr_y_delta"]) < 3.0  # int8 near its fp32 parent
     art = load_artifact(art_dir)
     converted, info = int8_from_model(art.model)
     assert info["source"] == "stored" and info["qat"] is True
     x = _smooth(1, 24, seed=4)[0]
     with torch.no_grad():
         assert run_model(converted, x).shape == (1, 3, 24 * scale, 24 * scale)
+
+
+def test_ptq_stage_for_span(tmp_path: Path) -> None:
+    from workbench.recipes.engine import run_recipe
+    from workbench.recipes.loader import load_recipe
+
+    run = tmp_path / "run"
+    run_recipe(load_recipe(_recipe(tmp_path, "span_tiny_x2", 2, "ptq")), run_dir=run, progress=False)
+    meta = json.loads((run / "00-int8" / "artifact" / "artifact.json").read_text())
+    assert meta["metrics"]["calibration_images"] == 3
+    assert meta["config"]["quantization"]["skip"][:3] == ["conv_1", "upsampler.0", "conv_cat"]
+    # the int8 graph scored through SPAN's [0, 1] range stays near its fp32 parent
+    assert abs(meta["metrics"]["val_psnr_y_delta"]) < 3.0
 
 
 @pytest.mark.slow
