@@ -75,6 +75,16 @@ def test_families_declare_their_fp32_layers_and_export_bound() -> None:
     # generic: the first conv, the convs feeding a PixelShuffle and the last conv
     assert default_skip(_custom("tiny_edsr_x4")) == ("head", "up.0", "up.2", "tail")
     assert default_skip(_custom("tiny_imdn_x2")) == ("head", "up.0")
+    # a wrapped family may declare its own
+    fam = module_family("q8_edsr", build=lambda cfg: __import__("test_custom_family").TinyEDSR(**cfg),
+                        presets={"q8_edsr": {"channels": 4, "blocks": 1}}, scales=(4,),
+                        int8_fp32=("head",), int8_min_side=8)
+    model = fam.build(fam.presets["q8_edsr"].spec(4))
+    register_family(fam)
+    try:
+        assert default_skip(model) == ("head",) and export_min_side(model) == 8
+    finally:
+        FAMILIES.pop("q8_edsr", None)
     # an explicit choice is kept as given
     assert resolve_config(span, QuantConfig(skip=("conv_cat",))).skip == ("conv_cat",)
 
