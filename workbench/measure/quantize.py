@@ -17,8 +17,8 @@ output *is* the image, and each block's 1x1 ``c5`` (it feeds ESA and the mask mu
 measured on rlfn_s_x4 / Set5 with 16 calibration crops of 48x48 LR (fp32 32.240 dB):
 everything int8 31.923; upsampler fp32 31.988; + stem 32.049; + conv_2 32.103; + every c5
 32.147 (+ every ESA conv4 instead of c5: 32.107). SPAN's choice is measured in
-:mod:`workbench.models.span` (``bench/bench_int8_skip.py`` reruns such a comparison). A resolved config (:func:`resolve_config`) names its modules, and
-that is what an artifact records.
+:mod:`workbench.models.span` (``bench/bench_int8_skip.py`` reruns such a comparison). A
+resolved config (:func:`resolve_config`) names its modules, and that is what an artifact records.
 
 Input range: calibration crops and training patches are 0..255 like every image in the
 workbench; a prepared or converted graph carries its model's ``spec`` (:func:`carry_spec`), so
