@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: perf_counter (the target's clock); cpu: process CPU time, which "
                          "hardly moves when other processes load the machine (use with --threads 1)")
+    ap.add_argument("--calibration", type=Path, default=None,
+                    help="int8: folder of training images for 16 PTQ calibration crops of 48x48 LR "
+                         "(default: the shipped T91 samples)")
     ap.add_argument("--no-check", action="store_true", help="skip the gray-level check")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
@@ -110,18 +113,30 @@ def main(argv: list[str] | None = None) -> int:
     shape = (1, 3, args.size, args.size)
     macs = conv_macs(model, input_shape=shape)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(shape, generator=gen) * 255
+    from workbench.models.family import model_input
+
+    x = model_input(model, torch.rand(shape, generator=gen) * 255)  # the family's input range
+    calibration = None
+    if "int8" in args.modes and args.calibration is not None:
+        from workbench.data.images import list_images
+        from workbench.measure.quantize import calibration_crops
+
+        calibration = calibration_crops(list_images(args.calibration), scale=int(model.scale),
+                                        count=16, lr_size=48)
 
     variants = {}
     prep_s = {}
     for mode in args.modes:
         t0 = time.perf_counter()
-        variants[mode] = prepare(model, device="cpu", mode=mode, example_shape=shape)
+        variants[mode] = prepare(model, device="cpu", mode=mode, example_shape=shape,
+                                 calibration=calibration if mode == "int8" else None)
         prep_s[mode] = time.perf_counter() - t0
         print(f"prepared {mode:<14} in {prep_s[mode]:6.1f} s", file=sys.stderr, flush=True)
 
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    width = args.conv_width or int(getattr(getattr(model, "spec", None), "trunk", 48))
+    spec = getattr(model, "spec", None)
+    # the trunk width: RLFN's trunk, SPAN's feature, else 48
+    width = args.conv_width or int(getattr(spec, "trunk", None) or getattr(spec, "feature", None) or 48)
     conv, conv_flop = conv_runner(width, args.size)
     refs = {"conv": conv}
     gemm_flop = 2.0 * args.gemm_n ** 3

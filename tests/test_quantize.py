@@ -165,16 +165,3 @@ def test_restored_state_gives_the_calibrated_graph() -> None:
     x = _smooth_lr(1, 40, seed=2)[0]
     with torch.no_grad():
         assert torch.equal(restored(x), original(x))
-
-
-def test_int8_refuses_other_families_in_one_line(capsys) -> None:
-    from workbench.cli import main
-    from workbench.models import build_model
-    from workbench.models.span import PRESETS
-
-    span = build_model(PRESETS["span_tiny"].spec(2)).eval()
-    with pytest.raises(WorkbenchError, match="RLFN family only .*span"):
-        prepare(span, mode="int8", example_shape=None)
-    assert main(["eval", "--model", "span_tiny_x2", "--deploy", "int8"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "RLFN family only" in err and len(err.splitlines()) == 1

@@ -25,9 +25,9 @@ Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 a
                    long skip) in fp32. Measured on RLFN: up to 6 gray levels from fp32 eager
                    on Set5 x4 (0.001 dB Y-PSNR), so NOT within the one-level budget.
 ``bf16_autocast``  ``torch.autocast`` to bfloat16 everywhere: up to 7 gray levels (not within).
-``int8``           CPU: torchao PT2E int8 (uint8 activations, per-channel int8 weights, stem and
-                   upsampler convs fp32; :mod:`workbench.measure.quantize`) under torch.compile with
-                   freezing. A model that carries a quantization state (an artifact of the
+``int8``           CPU, every family: torchao PT2E int8 (uint8 activations, per-channel int8
+                   weights, the layers the family declares fp32, e.g. stem and upsampler convs;
+                   :mod:`workbench.measure.quantize`) under torch.compile with freezing. A model that carries a quantization state (an artifact of the
                    ``quantize`` stage) uses it; any other is calibrated post-training on
                    ``calibration`` (default: crops of the shipped T91 samples). Judged by PSNR,
                    not by the one-level budget.

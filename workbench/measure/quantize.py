@@ -9,12 +9,21 @@ The flow (torchao 0.18; torch 2.13 itself has no ``torch.ao.quantization.quantiz
         --torch.compile(inductor, freezing)--> int8 oneDNN convolutions (VNNI/AMX on x86)
 
 Activations are uint8 per tensor (affine, histogram observer); weights int8 per output channel
-(symmetric). Layers named in :attr:`QuantConfig.skip` stay fp32: by default the stem conv (three
+(symmetric). Layers named in :attr:`QuantConfig.skip` stay fp32; by default (skip None) those the
+model's family declares (``Family.int8_fp32``, :func:`default_skip`), else the generic choice: the
+first conv, the convs feeding a PixelShuffle and the last conv. RLFN keeps the stem conv (three
 input channels, few MACs), the last trunk conv (into the long skip), the upsampler conv, whose
 output *is* the image, and each block's 1x1 ``c5`` (it feeds ESA and the mask multiply). PTQ
 measured on rlfn_s_x4 / Set5 with 16 calibration crops of 48x48 LR (fp32 32.240 dB):
 everything int8 31.923; upsampler fp32 31.988; + stem 32.049; + conv_2 32.103; + every c5
-32.147 (+ every ESA conv4 instead of c5: 32.107).
+32.147 (+ every ESA conv4 instead of c5: 32.107). SPAN's choice is measured in
+:mod:`workbench.models.span` (``bench/bench_int8_skip.py`` reruns such a comparison). A
+resolved config (:func:`resolve_config`) names its modules, and that is what an artifact records.
+
+Input range: calibration crops and training patches are 0..255 like every image in the
+workbench; a prepared or converted graph carries its model's ``spec`` (:func:`carry_spec`), so
+:func:`workbench.models.family.run_model` and :func:`calibrate` convert them to the family's input
+range ([0, 1] for SPAN and DIPNet) as for the fp32 model.
 
 Everything a quantized model needs beyond its fp32 weights is the observers' state (ranges or
 fake-quant scale/zero-point): tensors only. :func:`quant_state` takes it from a prepared graph
@@ -24,8 +33,9 @@ artifact stores it as a second ``weights_only`` file (``quant.pt``) next to ``mo
 the graph has the same observers under the same names, so a state from another architecture or
 another torchao cannot load silently.
 
-Why the LR side >= 24: torch.export with a dynamic height/width must prove ESA's strided conv and
-7x7 max-pool produce at least one pixel, which it only can above that bound (FINDINGS.md).
+Why the LR side >= 24 for RLFN: torch.export with a dynamic height/width must prove ESA's strided
+conv and 7x7 max-pool produce at least one pixel, which it only can above that bound (FINDINGS.md).
+Other families declare their bound (``Family.int8_min_side``, :func:`export_min_side`).
 """
 from __future__ import annotations
 
@@ -46,9 +56,11 @@ log = logging.getLogger("workbench.quantize")
 __all__ = ["QuantConfig", "MIN_EXPORT_SIDE", "QUANT_FILE", "export_model", "prepare_model",
            "calibrate", "convert", "quantize_ptq", "quant_state", "restore_prepared",
            "calibration_crops", "compile_int8", "load_quant_state", "save_int8_artifact",
-           "int8_from_model", "GraphRunner", "require_int8_family"]
+           "int8_from_model", "GraphRunner", "require_int8_family", "default_skip",
+           "resolve_config", "export_min_side", "carry_spec"]
 
-#: The smallest LR side a dynamically exported RLFN accepts (ESA's max-pool guard).
+#: The smallest LR side a dynamically exported RLFN accepts (ESA's max-pool guard); also the bound
+#: for a module no family built. Other families: ``Family.int8_min_side`` (:func:`export_min_side`).
 MIN_EXPORT_SIDE = 24
 QUANT_FILE = "quant.pt"
 QUANT_FORMAT = "workbench-quant-state"
@@ -62,14 +74,14 @@ class QuantConfig:
         "help": "quantizer: torchao PT2E X86InductorQuantizer (uint8 activations, int8 weights)",
         "choices": ["x86_inductor_pt2e"]})
     per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
-    skip: tuple[str, ...] = field(default=("conv_1", "conv_2", "upsampler.0", "block_*.c5"), metadata={
-        "help": "module names (fnmatch patterns) kept in fp32 (default: stem, last trunk conv, "
-                "upsampler conv and each block's 1x1 c5 that feeds ESA's mask)"})
+    skip: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "module names (fnmatch patterns) kept in fp32 (default None: the family's choice, "
+                "e.g. RLFN's stem, last trunk conv, upsampler conv and each block's c5)"})
     qat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["skip"] = list(self.skip)
+        d["skip"] = None if self.skip is None else list(self.skip)
         return d
 
     @classmethod
@@ -79,7 +91,9 @@ class QuantConfig:
         if unknown:
             raise WorkbenchError(f"quantization config: unknown fields {sorted(unknown)}")
         d = dict(data)
-        if "skip" in d:
+        if d.get("skip") is not None:
+            if isinstance(d["skip"], str) or not all(isinstance(p, str) for p in d["skip"]):
+                raise WorkbenchError("quantization config: skip must be a list of module names")
             d["skip"] = tuple(d["skip"])
         return cls(**d)
 
@@ -94,30 +108,120 @@ def _torchao():
 
 
 def require_int8_family(model: nn.Module) -> None:
-    """Raise a one-line WorkbenchError unless ``model`` is an RLFN: the fp32 layer choice
-    (:attr:`QuantConfig.skip`), the 0..255 calibration crops and the export bound
-    (:data:`MIN_EXPORT_SIDE`) are RLFN's. Another family would calibrate on the wrong scale and
-    keep no layer fp32 (measured: span_ch28_x4, every conv int8 by PTQ on 4 crops, Set5 29.83 dB
-    against 31.74 fp32)."""
-    from workbench.models.rlfn import RLFN
+    """Raise a one-line WorkbenchError unless ``model`` belongs to a family: int8 takes the layers
+    kept fp32 (``Family.int8_fp32``), the input range of the calibration crops and the export bound
+    (``Family.int8_min_side``) from it. (Before families declared these, SPAN calibrated on the
+    wrong scale with no layer fp32: every conv int8 by PTQ on 4 crops, Set5 29.83 dB against 31.74
+    fp32.)"""
+    from workbench.models.family import family_of
 
-    if not isinstance(model, RLFN):
-        try:
-            from workbench.models.family import family_of
+    try:
+        family_of(model)
+    except WorkbenchError:
+        raise WorkbenchError(f"int8 needs a family model (RLFN, SPAN, DIPNet or one registered with "
+                             f"register_family); {type(model).__name__} has none") from None
 
-            name = family_of(model).name
-        except WorkbenchError:
-            name = type(model).__name__
-        raise WorkbenchError(f"int8 supports the RLFN family only (this model is {name}); use "
-                             f"deploy mode bf16_autocast or channels_last for it")
+
+def _family(model: nn.Module):
+    from workbench.models.family import family_of
+
+    try:
+        return family_of(model)
+    except WorkbenchError:
+        return None
+
+
+def export_min_side(model: nn.Module) -> int:
+    """The smallest LR side the dynamically exported int8 graph of ``model`` accepts: its family's
+    ``int8_min_side``, else ``max(2, min_lr_size)`` (torch.export specialises sizes 0 and 1);
+    :data:`MIN_EXPORT_SIDE` for a module no family built."""
+    fam = _family(model)
+    if fam is None:
+        return MIN_EXPORT_SIDE
+    if fam.int8_min_side is not None:
+        return int(fam.int8_min_side)
+    return max(2, int(fam.min_lr_size))
+
+
+def _conv_order(model: nn.Module) -> list[str]:
+    """Conv2d module names in the order one forward runs them (hooks on a small input)."""
+    from workbench.prune.groups import example_input
+
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(names[mod]))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        side = max(16, export_min_side(model))
+        x = example_input(model, size=side)
+        from workbench.models.family import model_input
+
+        with torch.no_grad():
+            model.eval()(model_input(model, x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(order))
+
+
+def generic_skip(model: nn.Module) -> tuple[str, ...]:
+    """The generic fp32 choice: the first conv (the raw image in), every conv feeding a
+    PixelShuffle (the upsampler) and the last conv run (it produces the image, or feeds the
+    output through a scale)."""
+    from workbench.prune.groups import example_input, protected_convs
+
+    order = _conv_order(model)
+    if not order:
+        raise WorkbenchError(f"{type(model).__name__} runs no Conv2d: nothing to quantize")
+    x = example_input(model, size=max(16, export_min_side(model)))
+    from workbench.models.family import model_input
+
+    protected = protected_convs(model, model_input(model, x))
+    return tuple(dict.fromkeys([order[0], *protected, order[-1]]))
+
+
+def default_skip(model: nn.Module) -> tuple[str, ...]:
+    """The module patterns kept fp32 by default: the family's ``int8_fp32(model)``, else
+    :func:`generic_skip`."""
+    from workbench.models.family import _core
+
+    fam = _family(model)
+    if fam is not None and fam.int8_fp32 is not None:
+        return tuple(fam.int8_fp32(_core(model)))
+    return generic_skip(model)
+
+
+def resolve_config(model: nn.Module, cfg: QuantConfig | None = None) -> QuantConfig:
+    """``cfg`` (default QuantConfig()) with ``skip`` None replaced by :func:`default_skip`, so
+    what an artifact records rebuilds the same graph whatever later defaults say."""
+    from dataclasses import replace
+
+    cfg = cfg or QuantConfig()
+    if cfg.skip is None:
+        cfg = replace(cfg, skip=default_skip(model))
+    return cfg
+
+
+def carry_spec(graph: nn.Module, model: nn.Module) -> nn.Module:
+    """Give an exported/prepared/converted ``graph`` the ``spec`` and ``scale`` of ``model`` (the
+    family's input range then applies to it: run_model, calibrate, evaluation); returns it."""
+    from workbench.models.family import _core
+
+    core = _core(model)
+    for attr in ("spec", "scale"):
+        value = getattr(core, attr, None)
+        if value is not None and not isinstance(value, (nn.Module, torch.Tensor)):
+            setattr(graph, attr, value)
+    return graph
 
 
 def skipped_modules(model: nn.Module, cfg: QuantConfig) -> list[str]:
     """The module names of ``model`` that ``cfg.skip`` (fnmatch patterns) keeps in fp32."""
     from fnmatch import fnmatchcase
 
+    patterns = resolve_config(model, cfg).skip
     names = [n for n, _ in model.named_modules() if n]
-    return [n for n in names if any(fnmatchcase(n, pat) for pat in cfg.skip)]
+    return [n for n in names if any(fnmatchcase(n, pat) for pat in patterns)]
 
 
 def make_quantizer(cfg: QuantConfig, skip: Sequence[str] | None = None):
@@ -137,23 +241,35 @@ def make_quantizer(cfg: QuantConfig, skip: Sequence[str] | None = None):
                                   observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
         qconfig = replace(qconfig, weight=weight)
     quantizer.set_global(qconfig)
-    for name in (cfg.skip if skip is None else skip):
+    for name in ((cfg.skip or ()) if skip is None else skip):
         quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
 
 def export_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool = True) -> torch.fx.GraphModule:
-    """torch.export of ``model`` on ``example`` (H/W dynamic from MIN_EXPORT_SIDE up), as a module."""
+    """torch.export of ``model`` on ``example`` (in the model's input range; H/W dynamic from
+    :func:`export_min_side` up), as a module carrying the model's spec."""
     from torch.export import Dim, export
 
-    if dynamic and min(example.shape[2:]) < MIN_EXPORT_SIDE:
-        raise WorkbenchError(f"int8 export needs an example of at least {MIN_EXPORT_SIDE}x"
-                             f"{MIN_EXPORT_SIDE} (LR), got {tuple(example.shape[2:])}")
+    side = export_min_side(model)
+    if dynamic and min(example.shape[2:]) < side:
+        raise WorkbenchError(f"int8 export needs an example of at least {side}x{side} (LR), got "
+                             f"{tuple(example.shape[2:])}")
+    m = copy.deepcopy(model).eval().cpu()
     shapes = None
     if dynamic:
-        shapes = {"x": {2: Dim("h", min=MIN_EXPORT_SIDE), 3: Dim("w", min=MIN_EXPORT_SIDE)}}
-    m = copy.deepcopy(model).eval().cpu()
-    return export(m, (example.cpu(),), dynamic_shapes=shapes, strict=False).module()
+        # the forward's argument name, whatever the module calls it
+        import inspect
+
+        arg = next(iter(inspect.signature(m.forward).parameters))
+        shapes = {arg: {2: Dim("h", min=side), 3: Dim("w", min=side)}}
+    try:
+        program = export(m, (example.cpu(),), dynamic_shapes=shapes, strict=False)
+    except Exception as exc:  # noqa: BLE001 - torch.export's errors are many-lined
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkbenchError(f"int8: torch.export of {type(model).__name__} failed ({first[:200]}); "
+                             f"a family whose graph needs larger inputs declares int8_min_side") from None
+    return carry_spec(program.module(), model)
 
 
 def prepare_model(model: nn.Module, cfg: QuantConfig, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -162,16 +278,19 @@ def prepare_model(model: nn.Module, cfg: QuantConfig, example: torch.Tensor) -> 
     gm = export_model(model, example)
     quantizer = make_quantizer(cfg, skipped_modules(model, cfg))
     if cfg.qat:
-        return quantize_pt2e.prepare_qat_pt2e(gm, quantizer)
-    return quantize_pt2e.prepare_pt2e(gm, quantizer)
+        return carry_spec(quantize_pt2e.prepare_qat_pt2e(gm, quantizer), model)
+    return carry_spec(quantize_pt2e.prepare_pt2e(gm, quantizer), model)
 
 
 def calibrate(prepared: torch.fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
-    """Run calibration inputs (float32 NCHW, 0..255) through the observers; returns the count."""
+    """Run calibration inputs (float32 NCHW, 0..255) through the observers, converted to the
+    input range of the model the graph was prepared from (its carried spec); returns the count."""
+    from workbench.models.family import model_input
+
     n = 0
     with torch.no_grad():
         for x in batches:
-            prepared(x)
+            prepared(model_input(prepared, x))
             n += 1
     if n == 0:
         raise WorkbenchError("int8 calibration got no images")
@@ -183,8 +302,9 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     quantize_pt2e, _ = _torchao()
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
+    carried = prepared
     prepared = move_exported_model_to_eval(prepared)
-    return quantize_pt2e.convert_pt2e(prepared)
+    return carry_spec(quantize_pt2e.convert_pt2e(prepared), carried)
 
 
 def compile_int8(converted: torch.fx.GraphModule):
@@ -212,24 +332,28 @@ def quantize_ptq(model: nn.Module, calibration: Sequence[torch.Tensor], cfg: Qua
 
     Returns the converted graph and the observer state (to store with an artifact).
     """
-    cfg = cfg or QuantConfig()
+    cfg = resolve_config(model, cfg)
     if cfg.qat:
         raise WorkbenchError("quantize_ptq takes a PTQ config (qat false)")
-    example = _example_for(calibration)
+    example = _example_for(calibration, model)
     prepared = prepare_model(model, cfg, example)
     calibrate(prepared, calibration)
     state = quant_state(prepared)
     return convert(prepared), state
 
 
-def _example_for(calibration: Sequence[torch.Tensor]) -> torch.Tensor:
+def _example_for(calibration: Sequence[torch.Tensor], model: nn.Module) -> torch.Tensor:
+    """The export example: the first crop in the model's input range."""
+    from workbench.models.family import model_input
+
     if not calibration:
         raise WorkbenchError("int8 calibration got no images")
     x = calibration[0]
-    if min(x.shape[2:]) < MIN_EXPORT_SIDE:
-        raise WorkbenchError(f"int8 calibration crops must be at least {MIN_EXPORT_SIDE} LR pixels "
+    side = export_min_side(model)
+    if min(x.shape[2:]) < side:
+        raise WorkbenchError(f"int8 calibration crops must be at least {side} LR pixels "
                              f"on a side, got {tuple(x.shape[2:])}")
-    return x[:1]
+    return model_input(model, x[:1])
 
 
 class GraphRunner(nn.Module):
@@ -239,6 +363,9 @@ class GraphRunner(nn.Module):
         super().__init__()
         self._fn = [fn]          # a list: not registered as a submodule
         self.graph = graph
+        source = graph if graph is not None else fn
+        if isinstance(source, nn.Module):
+            carry_spec(self, source)  # the family's input range applies (run_model, evaluation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn[0](x)
@@ -258,10 +385,11 @@ def int8_from_model(model: nn.Module, calibration: Sequence[torch.Tensor] | None
         qcfg, state = stored["config"], stored["state"]
         prepared = restore_prepared(model, qcfg, state)
         return convert(prepared), {"source": "stored", **qcfg.to_dict()}
-    cfg = cfg or QuantConfig()
+    cfg = resolve_config(model, cfg)
     if calibration is None:
         scale = int(getattr(model, "scale", 4))
-        calibration = calibration_crops(None, scale=scale, count=16, lr_size=48)
+        calibration = calibration_crops(None, scale=scale, count=16,
+                                        lr_size=max(48, export_min_side(model)))
     converted, _ = quantize_ptq(model, list(calibration), cfg)
     return converted, {"source": "ptq", "calibration_images": len(calibration), **cfg.to_dict()}
 
@@ -286,9 +414,12 @@ def restore_prepared(model: nn.Module, cfg: QuantConfig, state: Mapping[str, tor
     Raises WorkbenchError when the graph's observers differ from the stored ones (another
     architecture, quantizer or torchao version).
     """
+    from workbench.models.family import model_input
+
     gen = torch.Generator().manual_seed(0)
-    example = torch.rand(1, int(getattr(model, "spec").in_channels) if hasattr(model, "spec") else 3,
-                         example_side, example_side, generator=gen) * 255
+    side = max(int(example_side), export_min_side(model))
+    channels = int(getattr(getattr(model, "spec", None), "in_channels", 3))
+    example = model_input(model, torch.rand(1, channels, side, side, generator=gen) * 255)
     prepared = prepare_model(model, cfg, example)
     current = prepared.state_dict()
     expected = {k for k in current if k.startswith(tuple(f"{n}." for n in _observer_names(prepared)))}
@@ -337,6 +468,7 @@ def save_int8_artifact(path: str | Path, model: nn.Module, state: Mapping[str, t
     then carries ``.quantization``) and runs in deploy mode ``int8``."""
     from workbench.models.artifacts import save_artifact, sha256_bytes
 
+    cfg = resolve_config(model, cfg)
     data = quant_state_bytes(state, cfg)
     qmeta = {"file": QUANT_FILE, "sha256": sha256_bytes(data), "observers": len(state),
              **cfg.to_dict()}
@@ -378,8 +510,8 @@ def calibration_crops(hr_files: Sequence[Path] | None = None, *, scale: int, cou
     from workbench.data.images import image_size, list_images
     from workbench.data.training import PatchDataset, sample_images_dir
 
-    if lr_size < MIN_EXPORT_SIDE:
-        raise WorkbenchError(f"calibration crops must be at least {MIN_EXPORT_SIDE} LR pixels")
+    if lr_size < 2:
+        raise WorkbenchError("calibration crops must be at least 2 LR pixels")
     files = list(hr_files) if hr_files else list_images(sample_images_dir())
     patch = lr_size * scale
     big = [f for f in files if min(image_size(f)) >= patch]

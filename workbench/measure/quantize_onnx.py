@@ -20,8 +20,10 @@ onnxruntime fuses each DQ -> Conv -> Q group into an integer convolution (QLinea
 rounding differs from torch's q/dq arithmetic by a few gray levels at worst;
 :func:`check_int8_onnx` judges by PSNR-Y: the ORT model against torch int8 on a validation set.
 
-Input ``lr`` (N, 3, H, W) float32 0..255, output ``sr``; H and W are dynamic from
-:data:`workbench.measure.quantize.MIN_EXPORT_SIDE` (24) up, batch is fixed at 1 (the exported graph's).
+Input ``lr`` (N, 3, H, W) float32 0..255, output ``sr`` on 0..255, whatever the family's input range
+(a [0, 1] family's graph is exported behind a x1/255 and a x255, as the fp32 export does); H and W
+are dynamic from the family's bound up (:func:`workbench.measure.quantize.export_min_side`: 24 for
+RLFN), batch is fixed at 1 (the exported graph's).
 """
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ def export_int8_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 
     from torch.export import Dim
 
     from workbench.models.artifacts import atomic_write_bytes
-    from workbench.measure.quantize import MIN_EXPORT_SIDE, int8_from_model
+    from workbench.models.family import on_255
+    from workbench.measure.quantize import export_min_side, int8_from_model
 
     _require_quantized(model)
     if opset < INT8_MIN_OPSET:
@@ -148,14 +151,16 @@ def export_int8_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 
     acts, weight_names = _graph_qparams(converted)
     gen = torch.Generator().manual_seed(0)
     channels = int(getattr(getattr(model, "spec", None), "in_channels", 3))
-    side = max(int(example_side), MIN_EXPORT_SIDE)
+    min_side = export_min_side(model)
+    side = max(int(example_side), min_side)
     example = torch.rand(1, channels, side, side, generator=gen) * 255
-    shapes = {"x": {2: Dim("height", min=MIN_EXPORT_SIDE), 3: Dim("width", min=MIN_EXPORT_SIDE)}}
+    shapes = {"x": {2: Dim("height", min=min_side), 3: Dim("width", min=min_side)}}
+    graph = on_255(converted)  # 0..255 in and out (the graph carries its family's input range)
     sink = io.StringIO()
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(converted, (example,), dynamo=True, input_names=["lr"],
+            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["lr"],
                                         output_names=["sr"], dynamic_shapes=shapes,
                                         opset_version=opset, verbose=False)
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -217,21 +222,23 @@ def check_int8_onnx(model: nn.Module, path: str | os.PathLike, pset: Any, *,
     from workbench.data.benchmark import PairedSet
     from workbench.measure.evaluate import evaluate_set, image_to_tensor
     from workbench.measure.quantize import GraphRunner, int8_from_model
+    from workbench.models.family import run_model
 
     _require_quantized(model)
     scale = int(getattr(model, "scale", pset.scale))
     pairs = list(getattr(pset, "pairs", pset))
-    from workbench.measure.quantize import MIN_EXPORT_SIDE
+    from workbench.measure.quantize import export_min_side
 
+    min_side = export_min_side(model)
     for pair in pairs:
         h, w = np.asarray(pair.lr).shape[:2]
-        if min(h, w) < MIN_EXPORT_SIDE:
+        if min(h, w) < min_side:
             raise WorkbenchError(f"{pset.name}/{pair.name}: LR image is {w}x{h}; the int8 graph "
-                                 f"needs at least {MIN_EXPORT_SIDE}x{MIN_EXPORT_SIDE}")
+                                 f"needs at least {min_side}x{min_side}")
     pset = PairedSet(name=str(pset.name), scale=int(pset.scale), root=None, pairs=pairs)
     ort_model = OrtModule(path, scale=scale)
     converted, _ = int8_from_model(model)
-    torch_int8 = GraphRunner(converted)
+    torch_int8 = GraphRunner(converted)  # carries the family's input range
     torch_int8.scale = scale
     fp32 = model.eval()
     res = {name: evaluate_set(m, pset, device="cpu", progress=False)
@@ -240,7 +247,7 @@ def check_int8_onnx(model: nn.Module, path: str | os.PathLike, pset: Any, *,
     for pair in pairs:
         x = image_to_tensor(np.asarray(pair.lr), torch.device("cpu"))
         with torch.no_grad():
-            gray = max(gray, int(np.abs(_gray(ort_model(x)) - _gray(torch_int8(x))).max()))
+            gray = max(gray, int(np.abs(_gray(ort_model(x)) - _gray(run_model(torch_int8, x))).max()))
     psnr = {k: float(v.mean["psnr_y"]) for k, v in res.items()}
     gap = psnr["onnxruntime"] - psnr["torch_int8"]
     return {"set": pset.name, "images": len(pairs), "psnr_y": psnr, "gap_db": gap,

@@ -67,6 +67,14 @@ class Family:
     blocks) returns a new model with only blocks ``keep`` (1-based, increasing) and the spec's
     ``num_blocks`` blocks; the search's ``blocks`` dimension and the prune stage's
     ``keep_blocks`` use it.
+
+    int8 (:mod:`workbench.measure.quantize`): ``int8_fp32(model)`` names the modules (fnmatch
+    patterns over module paths; a module covers its children) that stay fp32 by default, the
+    layers whose rounding measurably costs quality (None: the generic choice, the first conv, the
+    convs feeding a PixelShuffle and the last conv, :func:`workbench.measure.quantize.default_skip`);
+    calibration crops and quantization-aware training go through ``input_range``;
+    ``int8_min_side`` is the smallest LR side the dynamically exported graph accepts (RLFN: 24,
+    ESA's pooling guard; None: ``max(2, min_lr_size)``).
     """
 
     name: str
@@ -86,6 +94,8 @@ class Family:
     #: the deploy mode latency is measured in on a CPU unless one is named
     cpu_default_deploy: str = "channels_last"
     min_lr_size: int = 1
+    int8_fp32: Callable[[nn.Module], tuple[str, ...]] | None = None
+    int8_min_side: int | None = None
     about: str = ""
 
     def spec_from_dict(self, data: Mapping[str, Any]) -> Any:

@@ -167,11 +167,15 @@ def module_family(name: str, *, build: Callable[[dict[str, Any]], nn.Module],
                   presets: Mapping[str, Mapping[str, Any]] | None = None,
                   scales: tuple[int, ...] = (2, 3, 4), input_range: float = 255.0,
                   checkpoints: Mapping[str, Mapping[int, str]] | None = None,
+                  int8_fp32: tuple[str, ...] | None = None, int8_min_side: int | None = None,
                   about: str = "") -> Family:
     """A :class:`Family` for any module ``build(config)`` returns (see the module docstring).
 
     ``presets`` name configs (each becomes ``<preset>_x<scale>``); ``checkpoints`` optionally maps
-    a preset to {scale: file under checkpoints/}; ``input_range`` is 255.0 or 1.0.
+    a preset to {scale: file under checkpoints/}; ``input_range`` is 255.0 or 1.0. int8:
+    ``int8_fp32`` names the modules (fnmatch patterns) kept fp32 (None: the first conv, the convs
+    feeding a PixelShuffle and the last conv); ``int8_min_side`` the smallest LR side the exported
+    graph must accept (None: 2; raise it for a network that pools or strides).
     """
     if input_range not in (1.0, 255.0):
         raise ValueError(f"input_range must be 1 or 255, got {input_range!r}")
@@ -196,4 +200,6 @@ def module_family(name: str, *, build: Callable[[dict[str, Any]], nn.Module],
         normalize_state_dict=lambda st: {strip_module_prefix(k): v
                                          for k, v in unwrap_wrappers(st).items()},
         claims=claims, presets={p: preset(p, c) for p, c in presets.items()},
-        input_range=lambda spec: input_range, about=about or f"wrapped module family {name}")
+        input_range=lambda spec: input_range,
+        int8_fp32=None if int8_fp32 is None else (lambda model, k=tuple(int8_fp32): k),
+        int8_min_side=int8_min_side, about=about or f"wrapped module family {name}")

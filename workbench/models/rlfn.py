@@ -593,10 +593,19 @@ def drop_blocks(model: RLFN, keep: list[int]) -> RLFN:
     return renumber_blocks(model, keep, spec.with_blocks(keep))
 
 
+#: int8 (workbench.measure.quantize): kept fp32 by default -- the stem, the last trunk conv (into
+#: the long skip), the upsampler conv and each block's 1x1 c5 (it feeds ESA's mask); measured on
+#: rlfn_s_x4 PTQ, Set5: all int8 -0.32 dB, this choice -0.09 dB (see quantize's docstring).
+INT8_FP32 = ("conv_1", "conv_2", "upsampler.0", "block_*.c5")
+#: ESA's strided conv and 7x7 max-pool: torch.export proves them non-empty only from 24 LR pixels.
+INT8_MIN_SIDE = 24
+
+
 FAMILY = register_family(Family(
     name="rlfn", spec_type=RLFNSpec, build=lambda spec: RLFN(spec),
     spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
     claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: spec.input_range,
     group_name=rlfn_group_name, min_lr_size=MIN_LR_SIZE, fused=fused_form, bf16=bf16_form,
     drop_blocks=drop_blocks, cpu_default_deploy="fused",
+    int8_fp32=lambda model: INT8_FP32, int8_min_side=INT8_MIN_SIDE,
     about="RLFN and RLFN-shaped networks (RLFN, RLFN-S, the NTIRE 2022 model, DIPNet)"))

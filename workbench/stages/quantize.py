@@ -2,10 +2,12 @@
 
 ``method: qat`` (default) fine-tunes with fake quantization: the model is exported and prepared
 with torchao's PT2E QAT flow (X86InductorQuantizer, per-channel int8 weights, uint8 activations;
-the stem and upsampler convs stay fp32, :class:`workbench.measure.quantize.QuantConfig`), then trained
-with Adam on L1 distillation from the fp32 parent -- the student's SR against the teacher's SR on
-the same LR patch, so it learns to reproduce the parent, not to re-fit the training set -- plus
-an optional L1 to the HR patch. The observers stop moving after ``freeze_observers`` of the
+the layers the model's family declares stay fp32, e.g. stem and upsampler convs,
+:class:`workbench.measure.quantize.QuantConfig`), then trained with Adam on L1 distillation from
+the fp32 parent -- the student's SR against the teacher's SR on the same LR patch, so it learns
+to reproduce the parent, not to re-fit the training set -- plus an optional L1 to the HR patch.
+Student and teacher run through the family's input range (:func:`workbench.models.family.run_model`),
+so the losses are on the 0..255 scale for every family. The observers stop moving after ``freeze_observers`` of the
 iterations, so the last steps train the weights for the ranges that conversion will use.
 ``method: ptq`` only calibrates the observers on training crops.
 
@@ -60,8 +62,8 @@ class QuantizeConfig:
     calibration_lr_size: int = field(default=48, metadata={
         "help": "PTQ: LR side of the calibration crops (>= 24)", "min": 24})
     skip: list[str] | None = field(default=None, metadata={
-        "help": "module names / fnmatch patterns kept fp32 (default: QuantConfig's: conv_1, "
-                "conv_2, upsampler.0, block_*.c5)"})
+        "help": "module names / fnmatch patterns kept fp32 (default: the family's, e.g. RLFN's "
+                "conv_1, conv_2, upsampler.0, block_*.c5; SPAN's conv_1, upsampler.0, ...)"})
     per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
     val: bool = field(default=True, metadata={"help": "PSNR of int8 and parent on data.val at the end"})
     log_every: int = field(default=50, metadata={"help": "log interval in iterations", "min": 1})
@@ -181,7 +183,8 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.fake_quantize import disable_observer
 
-    from workbench.measure.quantize import export_model, make_quantizer
+    from workbench.measure.quantize import carry_spec, export_model, make_quantizer
+    from workbench.models.family import model_input, run_model
     from workbench.train.loop import TrainingDiverged
 
     torch.manual_seed(seed)
@@ -191,10 +194,11 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     example, _ = next(_batches(ds, cfg.batch_size, 1, seed))
     from torchao.quantization.pt2e import quantize_pt2e
 
-    gm = export_model(parent_model, example, dynamic=False)
+    gm = export_model(parent_model, model_input(parent_model, example), dynamic=False)
     from workbench.measure.quantize import skipped_modules
 
     student = quantize_pt2e.prepare_qat_pt2e(gm, make_quantizer(qcfg, skipped_modules(parent_model, qcfg)))
+    carry_spec(student, parent_model)  # run_model: the family's input range
     move_exported_model_to_train(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -239,11 +243,11 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
     for it, (lr, hr) in enumerate(batches, start=start + 1):
         if it == freeze_at + 1:
             student.apply(disable_observer)
-        sr = student(lr)
+        sr = run_model(student, lr)   # 0..255 in and out, whatever the family's range
         loss = 0.0
         if cfg.distill_weight:
             with torch.no_grad():
-                target = teacher(lr)
+                target = run_model(teacher, lr)
             loss = loss + cfg.distill_weight * (sr - target).abs().mean()
         if cfg.hr_weight:
             loss = loss + cfg.hr_weight * (sr - hr).abs().mean()
@@ -272,8 +276,9 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     from workbench.models.artifacts import make_lineage
     from workbench.data.training import PatchDataset
     from workbench.models import build_model
-    from workbench.measure.quantize import (QuantConfig, calibrate, calibration_crops, convert,
-                                    prepare_model, quant_state, save_int8_artifact)
+    from workbench.measure.quantize import (QuantConfig, calibrate, calibration_crops,
+                                            prepare_model, quant_state, resolve_config,
+                                            save_int8_artifact)
     from workbench.recipes.loader import to_plain
     from workbench.stages.utils import (is_main, stage_seed, train_sources,
                                                training_files)
@@ -285,8 +290,9 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     require_int8_family(model)
     seed = stage_seed(ctx)
     hr_files, lr_files = training_files(train_sources(ctx, cfg.data), scale=ctx.scale)
-    qcfg = QuantConfig(per_channel=cfg.per_channel, qat=cfg.method == "qat",
-                       **({"skip": tuple(cfg.skip)} if cfg.skip is not None else {}))
+    qcfg = resolve_config(model, QuantConfig(
+        per_channel=cfg.per_channel, qat=cfg.method == "qat",
+        skip=tuple(cfg.skip) if cfg.skip is not None else None))
     metrics: dict[str, Any] = {"method": cfg.method, "train_images": len(hr_files)}
     if cfg.method == "qat":
         patch = cfg.patch_size
@@ -310,8 +316,10 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     else:
         crops = calibration_crops(hr_files, scale=ctx.scale, count=cfg.calibration_images,
                                   lr_size=cfg.calibration_lr_size, seed=seed)
-        prepared = prepare_model(model, qcfg, crops[0])
-        metrics["calibration_images"] = calibrate(prepared, crops)
+        from workbench.models.family import model_input
+
+        prepared = prepare_model(model, qcfg, model_input(model, crops[0]))
+        metrics["calibration_images"] = calibrate(prepared, crops)  # in the family's range
         weights = model
     state = quant_state(prepared)
     if cfg.val and ctx.recipe is not None:
