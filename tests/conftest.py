@@ -76,3 +76,22 @@ def _signature_cache(tmp_path_factory):
         os.environ.pop("WORKBENCH_SIGNATURE_CACHE", None)
     else:
         os.environ["WORKBENCH_SIGNATURE_CACHE"] = old
+
+
+def kill_when_file_appears(proc, path, *, timeout: float = 120.0) -> None:
+    """SIGKILL a running `workbench run` subprocess as soon as ``path`` (a checkpoint) exists."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        while not path.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, f"no {path.name} appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL

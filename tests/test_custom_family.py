@@ -187,3 +187,20 @@ def test_imdn_split_groups_stay_whole_concat_and_trunk_prune(tmp_path):
     x = torch.rand(1, 3, 8, 8) * 255
     with torch.no_grad():
         assert torch.equal(art.model.eval()(x), pruned(x))
+
+
+def registered_custom_model(name: str):
+    """tiny_edsr_x4 or tiny_imdn_x2 (seeded), its family registered through module_family on first use."""
+    from workbench.models import FAMILIES, create_model, register_family
+    from workbench.models.generic import module_family
+
+    if name == "tiny_edsr_x4" and "tiny_edsr" not in FAMILIES:
+        register_family(module_family("tiny_edsr", build=lambda cfg: TinyEDSR(**cfg),
+                                      presets={"tiny_edsr": {"channels": 8, "blocks": 2}},
+                                      scales=(4,)))
+    if name == "tiny_imdn_x2" and "tiny_imdn" not in FAMILIES:
+        register_family(module_family("tiny_imdn", build=lambda cfg: TinyIMDN(**cfg),
+                                      presets={"tiny_imdn": {"channels": 12, "distill": 3}},
+                                      scales=(2,)))
+    torch.manual_seed(0)
+    return create_model(name).eval()

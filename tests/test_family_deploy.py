@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from workbench.measure.deploy import Deployed, max_gray_diff, prepare
-from workbench.models import FAMILIES, create_model, register_family
-from workbench.models.generic import module_family
+from workbench.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,18 +19,9 @@ def images():
 
 
 def _custom(name: str):
-    from test_custom_family import TinyEDSR, TinyIMDN
+    from test_custom_family import registered_custom_model
 
-    if name == "tiny_edsr_x4" and "tiny_edsr" not in FAMILIES:
-        register_family(module_family("tiny_edsr", build=lambda cfg: TinyEDSR(**cfg),
-                                      presets={"tiny_edsr": {"channels": 8, "blocks": 2}},
-                                      scales=(4,)))
-    if name == "tiny_imdn_x2" and "tiny_imdn" not in FAMILIES:
-        register_family(module_family("tiny_imdn", build=lambda cfg: TinyIMDN(**cfg),
-                                      presets={"tiny_imdn": {"channels": 12, "distill": 3}},
-                                      scales=(2,)))
-    torch.manual_seed(0)
-    return create_model(name).eval()
+    return registered_custom_model(name)
 
 
 def _tiny_dipnet():

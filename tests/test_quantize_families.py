@@ -49,18 +49,9 @@ def _span():
 
 
 def _custom(name: str):
-    from test_custom_family import TinyEDSR, TinyIMDN
+    from test_custom_family import registered_custom_model
 
-    if name == "tiny_edsr_x4" and "tiny_edsr" not in FAMILIES:
-        register_family(module_family("tiny_edsr", build=lambda cfg: TinyEDSR(**cfg),
-                                      presets={"tiny_edsr": {"channels": 8, "blocks": 2}},
-                                      scales=(4,)))
-    if name == "tiny_imdn_x2" and "tiny_imdn" not in FAMILIES:
-        register_family(module_family("tiny_imdn", build=lambda cfg: TinyIMDN(**cfg),
-                                      presets={"tiny_imdn": {"channels": 12, "distill": 3}},
-                                      scales=(2,)))
-    torch.manual_seed(0)
-    return create_model(name).eval()
+    return registered_custom_model(name)
 
 
 def test_families_declare_their_fp32_layers_and_export_bound() -> None:

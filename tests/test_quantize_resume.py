@@ -3,10 +3,8 @@ run: fine-tuned weights, every fake-quantizer's state (quant.pt) and the reporte
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import yaml
 
 pytest.importorskip("torchao", reason="the quantize stage needs torchao (pip install workbench[int8])")
 
-from conftest import make_smooth_images  # noqa: E402
+from conftest import kill_when_file_appears, make_smooth_images  # noqa: E402
 from workbench.models.artifacts import load_artifact  # noqa: E402
 from workbench.core.errors import WorkbenchError  # noqa: E402
 from workbench.stages.quantize import QAT_CHECKPOINT_FILE  # noqa: E402
@@ -51,18 +49,7 @@ def test_qat_sigkill_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
                              str(killed), "--no-progress"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     ckpt = killed / "00-int8" / "checkpoints" / QAT_CHECKPOINT_FILE
-    deadline = time.time() + 120
-    try:
-        while not ckpt.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "no QAT checkpoint appeared"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(proc, ckpt)
     at_kill = _read(ckpt)["iteration"]
     assert 0 < at_kill < ITERATIONS // 2, at_kill  # killed before the observers froze
     assert not (killed / "00-int8" / "DONE").exists()

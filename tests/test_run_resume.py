@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from conftest import make_smooth_images
+from conftest import kill_when_file_appears, make_smooth_images
 from workbench.models.artifacts import load_artifact
 from workbench.recipes.engine import run_recipe
 from workbench.recipes.loader import load_recipe
@@ -49,18 +47,7 @@ def test_sigkill_mid_stage_then_resume_is_bitwise_identical(tmp_path: Path) -> N
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "run", str(recipe_path), "--run-dir", str(killed),
                              "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = killed / "01-second" / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    try:
-        while not ckpt.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_file_appears(proc, ckpt)
     at_kill = load_checkpoint(ckpt)["iteration"]
     assert 0 < at_kill < ITERATIONS, at_kill
     assert (killed / "00-first" / "DONE").exists() and not (killed / "01-second" / "DONE").exists()
