@@ -83,9 +83,9 @@ def default_mode(device: str | torch.device = "cpu", model: nn.Module | None = N
     """The deploy mode latency is measured in unless one is named: the fastest fp32 mode.
 
     The rule: on a GPU ``cuda_graph`` (the fastest fp32 path, no per-model compile); on a CPU
-    the family's ``cpu_default_deploy`` (``model`` None means an RLFN: ``fused``; SPAN and wrapped
-    modules keep ``channels_last``, the mode their recorded results were timed in, though
-    ``fused`` runs SPAN in 0.77x the time) and ``channels_last`` for a module no family built.
+    the family's ``cpu_default_deploy`` (``model`` None means an RLFN: ``fused``; SPAN: ``fused``,
+    0.77x its ``channels_last`` time; wrapped modules keep ``channels_last``) and
+    ``channels_last`` for a module no family built.
     ``compile`` is not the CPU default although it can be a few percent faster than ``fused``
     (243 vs 250 ms for rlfn_ntire_x4 in bench/bench_deploy.py): it costs 5-80 s of compiling
     per model and input shape, which a search pays for every candidate. Name it

@@ -430,5 +430,5 @@ FAMILY = register_family(Family(
     claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: 1.0,
     mean=lambda spec: SPAN_MEAN, group_name=span_group_name,
     fused=lambda model, hw: FusedSPAN(model, hw), bf16=lambda model: MixedBF16SPAN(model),
-    drop_blocks=drop_blocks, int8_fp32=int8_fp32,
+    drop_blocks=drop_blocks, int8_fp32=int8_fp32, cpu_default_deploy="fused",
     about="SPAN (deploy form: Conv3XC folded into 3x3 convs)"))
