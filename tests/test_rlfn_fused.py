@@ -88,3 +88,13 @@ def test_keep_freed_memory_stops_page_faults_of_reallocated_activations():
             del blocks
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 500  # returned to the system each time, it would be 3 x 8,192 page faults
+
+
+@pytest.mark.slow  # one inductor compile: about 25 s here
+def test_tiny_compile_compiles_the_folded_form(images):
+    from workbench.models.rlfn import CompiledRLFN
+
+    model = _tiny(4)
+    dep = prepare(model, mode="compile", example_shape=None)
+    assert isinstance(dep.module, CompiledRLFN) and dep.module.conv_1.out_channels == 32
+    assert max_gray_diff(model, dep, images[:1])["max"] <= 1

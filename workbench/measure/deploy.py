@@ -268,6 +268,16 @@ def _frozen_compile(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     return run
 
 
+def _family_form(model: nn.Module, name: str) -> Callable | None:
+    """The family's deploy form ``name`` (a Family field), or None (no family, or none declared)."""
+    from workbench.models.family import family_of
+
+    try:
+        return getattr(family_of(model), name, None)
+    except WorkbenchError:
+        return None
+
+
 def _family_or_refuse(model: nn.Module, mode: str):
     """The family of ``model`` (its deploy forms), or a WorkbenchError for a bare module."""
     from workbench.models.family import family_of
@@ -514,6 +524,9 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
         # limit of 8 dynamo silently falls back to eager.
         dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), 64)
         m = m.to(memory_format=CL)
+        form = _family_form(model, "compiled")
+        if form is not None:
+            m = form(m).to(memory_format=CL)
         return done(_frozen_compile(m), m, cl=True)
     if mode == "bf16":
         fam = _family_or_refuse(model, mode)

@@ -575,6 +575,47 @@ def _esa_pooled_hw(hw: tuple[int, int] | None) -> tuple[int, int] | None:
     return tuple(((s - 3) // 2 + 1 - 7) // 3 + 1 for s in hw)
 
 
+def _head(model: nn.Module) -> tuple[int, int, float]:
+    return int(model.scale), int(model.spec.out_channels), float(model.blocks()[0].act.negative_slope)
+
+
+def _deploy_convs(model: nn.Module) -> dict[str, Any]:
+    """The convs of the deploy forms: widths padded (:func:`fused_width`), ESA's conv1 folded
+    into c5 (``reduce``), the upsampler's outputs ordered (i, j, channel) for the pixel shuffle."""
+    spec = model.spec
+    P = fused_width
+    trunk = P(spec.trunk)
+    blocks = []
+    for i, (blk, b) in enumerate(zip(model.blocks(), spec.blocks)):
+        esa = blk.esa
+        cin, m1, m2, out = P(spec.block_in(i)), P(b.mid1), P(b.mid2), P(b.out)
+        red, inner, fuse = P(b.esa), P(b.esa_inner), P(b.esa_fuse)
+        blocks.append({
+            "c1": _zero_padded(blk.c1_r, cin, m1), "c2": _zero_padded(blk.c2_r, m1, m2),
+            "c3": _zero_padded(blk.c3_r, m2, cin), "c5": _zero_padded(blk.c5, cin, out),
+            "reduce": _zero_padded(_folded_1x1(esa.conv1, blk.c5), cin, red),
+            "conv_f": _zero_padded(esa.conv_f, red, fuse),
+            "conv2": _zero_padded(esa.conv2, red, inner),
+            "conv3": _zero_padded(esa.conv3, inner, fuse),
+            "conv4": _zero_padded(esa.conv4, fuse, out),
+        })
+    up = model.upsampler[0]
+    s, n = int(model.scale), int(spec.out_channels)
+    # PixelShuffle reads channel oc*s*s + i*s + j into pixel (i, j) of image channel oc;
+    # ordered (i, j, oc) instead, each output row of the shuffle is a run of s*n floats
+    rows = [oc * s * s + r * s + c for r in range(s) for c in range(s) for oc in range(n)]
+    return {"conv_1": _zero_padded(model.conv_1, spec.in_channels, trunk), "blocks": blocks,
+            "conv_2": _zero_padded(model.conv_2, P(spec.blocks[-1].out), trunk),
+            "up": _zero_padded(up, trunk, up.out_channels, rows=rows)}
+
+
+def _shuffle_reordered(y: torch.Tensor, s: int, c: int) -> torch.Tensor:
+    """PixelShuffle of an upsampler output in (i, j, channel) order into a channels_last image."""
+    n, _, h, w = y.shape
+    rows = y.permute(0, 2, 3, 1).reshape(n, h, w, s, s * c).permute(0, 1, 3, 2, 4)
+    return rows.contiguous().view(n, h * s, w * s, c).permute(0, 3, 1, 2)
+
+
 class FusedRLFN(nn.Module):
     """RLFN forward for CPU inference: one oneDNN primitive per conv on channels_last tensors.
 
@@ -601,43 +642,19 @@ class FusedRLFN(nn.Module):
         from workbench.measure.deploy import _PackedConv
 
         super().__init__()
-        spec = model.spec
-        self.scale = int(model.scale)
-        self.out_channels = int(spec.out_channels)
-        self.slope = float(model.blocks()[0].act.negative_slope)
+        self.scale, self.out_channels, self.slope = _head(model)
         hw = example_hw
         pooled_hw = _esa_pooled_hw(hw)
-        P = fused_width
 
         def packed(conv: nn.Conv2d, at: tuple[int, int] | None = hw) -> "_PackedConv":
             return _PackedConv(conv, at, prepack and at is not None)
 
-        trunk = P(spec.trunk)
-        self.conv_1 = packed(_zero_padded(model.conv_1, spec.in_channels, trunk))
-        self.blocks_ = []
-        for i, (blk, b) in enumerate(zip(model.blocks(), spec.blocks)):
-            esa = blk.esa
-            cin, m1, m2, out = P(spec.block_in(i)), P(b.mid1), P(b.mid2), P(b.out)
-            red, inner, fuse = P(b.esa), P(b.esa_inner), P(b.esa_fuse)
-            self.blocks_.append({
-                "c1": packed(_zero_padded(blk.c1_r, cin, m1)),
-                "c2": packed(_zero_padded(blk.c2_r, m1, m2)),
-                "c3": packed(_zero_padded(blk.c3_r, m2, cin)),
-                "c5": packed(_zero_padded(blk.c5, cin, out)),
-                "reduce": packed(_zero_padded(_folded_1x1(esa.conv1, blk.c5), cin, red)),
-                "conv_f": packed(_zero_padded(esa.conv_f, red, fuse)),
-                "conv2": packed(_zero_padded(esa.conv2, red, inner)),
-                "conv3": packed(_zero_padded(esa.conv3, inner, fuse), pooled_hw),
-                "conv4": packed(_zero_padded(esa.conv4, fuse, out)),
-            })
-        last = P(spec.blocks[-1].out)
-        self.conv_2 = packed(_zero_padded(model.conv_2, last, trunk))
-        up = model.upsampler[0]
-        s, n = self.scale, self.out_channels
-        # PixelShuffle reads channel oc*s*s + i*s + j into pixel (i, j) of image channel oc;
-        # ordered (i, j, oc) instead, each output row of the shuffle is a run of s*n floats
-        rows = [oc * s * s + r * s + c for r in range(s) for c in range(s) for oc in range(n)]
-        self.up = packed(_zero_padded(up, trunk, up.out_channels, rows=rows))
+        convs = _deploy_convs(model)
+        self.conv_1 = packed(convs["conv_1"])
+        self.blocks_ = [{k: packed(c, pooled_hw if k == "conv3" else hw) for k, c in b.items()}
+                        for b in convs["blocks"]]
+        self.conv_2 = packed(convs["conv_2"])
+        self.up = packed(convs["up"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = ("leaky_relu", [self.slope])
@@ -655,16 +672,50 @@ class FusedRLFN(nn.Module):
         return self._shuffle(self.up(feature))
 
     def _shuffle(self, y: torch.Tensor) -> torch.Tensor:
-        """PixelShuffle of the reordered upsampler output into a channels_last image."""
-        n, _, h, w = y.shape
-        s, c = self.scale, self.out_channels
-        rows = y.permute(0, 2, 3, 1).reshape(n, h, w, s, s * c).permute(0, 1, 3, 2, 4)
-        return rows.contiguous().view(n, h * s, w * s, c).permute(0, 3, 1, 2)
+        return _shuffle_reordered(y, self.scale, self.out_channels)
+
+
+class CompiledRLFN(nn.Module):
+    """The module the ``compile`` mode hands to inductor: RLFN in plain PyTorch with the convs of
+    :class:`FusedRLFN` (widths padded, ESA's conv1 folded into c5, the upsampler reordered for a
+    one-copy pixel shuffle). Inductor fuses the activations and the adds itself; on the model as
+    written it kept the 46-wide convs, stored c5's output for conv1 and ran the 6-D shuffle
+    gather (10% slower at 1x3x256x256, one thread)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.scale, self.out_channels, self.slope = _head(model)
+        convs = _deploy_convs(model)
+        self.conv_1, self.conv_2, self.up = convs["conv_1"], convs["conv_2"], convs["up"]
+        self.body = nn.ModuleList(nn.ModuleDict(b) for b in convs["blocks"])
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.slope
+        feature = self.conv_1(x)
+        out = feature
+        for b in self.body:
+            h = F.leaky_relu(b["c1"](out), a)
+            h = F.leaky_relu(b["c2"](h), a)
+            z = F.leaky_relu(b["c3"](h), a) + out
+            reduced = b["reduce"](z)
+            pooled = F.max_pool2d(b["conv2"](reduced), kernel_size=7, stride=3)
+            up = F.interpolate(b["conv3"](pooled), size=z.shape[2:], mode="bilinear",
+                               align_corners=False)
+            out = b["c5"](z) * torch.sigmoid(b["conv4"](up + b["conv_f"](reduced)))
+        return _shuffle_reordered(self.up(self.conv_2(out) + feature), self.scale,
+                                  self.out_channels)
 
 
 def fused_form(model: RLFN, example_hw: tuple[int, int] | None) -> nn.Module:
     """The ``fused`` deploy form: :class:`FusedRLFN` on a channels_last copy's weights."""
     return FusedRLFN(model, example_hw, prepack=True)
+
+
+def compile_form(model: RLFN) -> nn.Module:
+    """The module the ``compile`` deploy mode compiles: :class:`CompiledRLFN`."""
+    return CompiledRLFN(model).eval()
 
 
 def bf16_form(model: RLFN) -> nn.Module:
@@ -698,5 +749,6 @@ FAMILY = register_family(Family(
     spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
     claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: spec.input_range,
     group_name=rlfn_group_name, min_lr_size=MIN_LR_SIZE, fused=fused_form, bf16=bf16_form,
+    compiled=compile_form,
     drop_blocks=drop_blocks, cpu_default_deploy="fused",
     about="RLFN and RLFN-shaped networks (RLFN, RLFN-S, the NTIRE 2022 model, DIPNet)"))
