@@ -96,5 +96,6 @@ def test_tiny_compile_compiles_the_folded_form(images):
 
     model = _tiny(4)
     dep = prepare(model, mode="compile", example_shape=None)
-    assert isinstance(dep.module, CompiledRLFN) and dep.module.conv_1.out_channels == 32
+    compiled = dep.runner.module
+    assert isinstance(compiled, CompiledRLFN) and compiled.conv_1.out_channels == 32
     assert max_gray_diff(model, dep, images[:1])["max"] <= 1

@@ -265,6 +265,7 @@ def _frozen_compile(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
         with inductor_config.patch(freezing=True):
             return compiled(x)
 
+    run.module = module  # what was compiled (a family's ``compiled`` form, or the model)
     return run
 
 
@@ -525,9 +526,8 @@ def prepare(model: nn.Module, *, device: str | torch.device = "cpu", mode: str =
         dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), 64)
         m = m.to(memory_format=CL)
         form = _family_form(model, "compiled")
-        if form is not None:
-            m = form(m).to(memory_format=CL)
-        return done(_frozen_compile(m), m, cl=True)
+        compiled = form(m).to(memory_format=CL) if form is not None else m
+        return done(_frozen_compile(compiled), m, cl=True)
     if mode == "bf16":
         fam = _family_or_refuse(model, mode)
         m = m.to(memory_format=CL)

@@ -523,7 +523,7 @@ def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d)
         out.weight.copy_(weight)
         if bias is not None:
             out.bias.copy_(bias)
-    return out.to(memory_format=torch.channels_last)
+    return out.to(device=weight.device, memory_format=torch.channels_last)
 
 
 def _zero_padded(conv: nn.Conv2d, cin: int, cout: int, *,
