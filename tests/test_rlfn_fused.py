@@ -79,7 +79,7 @@ def test_released_rlfn_ntire_fused_equals_eager_on_set5():
 def test_keep_freed_memory_stops_page_faults_of_reallocated_activations():
     assert keep_freed_memory() is True
     with torch.inference_mode():
-        for _ in range(2):  # warm: the heap grows to the peak once
+        for _ in range(3):  # warm: the heap grows to the peak once
             blocks = [torch.ones(2 << 20) for _ in range(4)]  # 4 x 8 MiB
             del blocks
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -87,7 +87,9 @@ def test_keep_freed_memory_stops_page_faults_of_reallocated_activations():
             blocks = [torch.ones(2 << 20) for _ in range(4)]
             del blocks
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 500  # returned to the system each time, it would be 3 x 8,192 page faults
+    # returned to the system on each free, it is 3 x 4 x 2,048 = 24,576 page faults (22,528
+    # measured without keep_freed_memory); kept, none (the margin is for the kernel's own)
+    assert faults < 6000, f"{faults} page faults"
 
 
 @pytest.mark.slow  # one inductor compile: about 25 s here

@@ -11,15 +11,21 @@ Modes (see :data:`MODES`); every one was checked on the released rlfn_ntire_x4 a
                    CPU, cuDNN's for tensor cores on GPU. Max 1 gray level from eager.
 ``fused``          CPU, every family: the family's declared ``Family.fused`` form (RLFN: the
                    forward rewritten as one oneDNN primitive per conv on channels_last tensors,
-                   LeakyReLU / sigmoid fused as post-ops, weights pre-reordered, 1x1 convs kept
-                   on oneDNN (eager sends them to a slow im2col path in channels_last),
-                   elementwise ops in place; SPAN likewise with SiLU fused and its x255 folded
-                   into conv_1), or :func:`generic_fused` (torch.fx: every conv one oneDNN
-                   primitive with its activation fused). No compile step; any input size. Max 1
-                   gray level from eager.
+                   LeakyReLU / sigmoid fused as post-ops, ESA's mask multiply and the skip adds
+                   as binary / sum post-ops, ESA's conv1 folded into c5, widths 46 -> 48,
+                   weights pre-reordered, 1x1 convs kept on oneDNN (eager sends them to a slow
+                   im2col path in channels_last); see :class:`workbench.models.rlfn.FusedRLFN`;
+                   SPAN likewise with SiLU fused and its x255 folded into conv_1), or
+                   :func:`generic_fused` (torch.fx: every conv one oneDNN primitive with its
+                   activation fused). No compile step; any input size. Max 1 gray level.
 ``compile``        ``torch.compile`` (inductor) with channels_last and *freezing* (weights become
-                   constants, so convs are pre-packed and bias/activations fused); works offline on
-                   CPU; the first call per input shape compiles (10-80 s here). Max 1 gray level.
+                   constants, so convs are pre-packed and bias/activations fused) of the family's
+                   ``Family.compiled`` form (RLFN: the fused form's folded, padded convs in plain
+                   PyTorch) or of the model; works offline on CPU; the first call per input
+                   shape compiles (10-80 s here). Max 1 gray level.
+
+Every CPU mode runs with :func:`keep_freed_memory` (glibc keeps freed activations in the heap
+instead of page-faulting them in again on every forward).
 ``bf16``           the family's ``Family.bf16`` form, or :func:`generic_bf16`: the body in
                    bfloat16 (weights and activations), the stem and the upsampler (RLFN: also the
                    long skip) in fp32. Measured on RLFN: up to 6 gray levels from fp32 eager
