@@ -63,7 +63,8 @@ class Family:
     for any module): ``fused(model, example_hw)`` returns a module that runs a channels_last
     fp32 copy of ``model`` with fused oneDNN convs, exact to summation order;
     ``bf16(model)`` a module that runs its body in bfloat16 with the precision-critical convs
-    (stem, upsampler) in fp32. ``drop_blocks(model, keep)`` (None: the family has no repeatable
+    (stem, upsampler) in fp32; ``compiled(model)`` the plain-PyTorch module (same function, to
+    rounding) that ``compile`` hands to inductor (None: the model itself). ``drop_blocks(model, keep)`` (None: the family has no repeatable
     blocks) returns a new model with only blocks ``keep`` (1-based, increasing) and the spec's
     ``num_blocks`` blocks; the search's ``blocks`` dimension and the prune stage's
     ``keep_blocks`` use it.
@@ -90,6 +91,7 @@ class Family:
     group_name: Callable[[str], str | None] | None = None
     fused: Callable[[nn.Module, Any], nn.Module] | None = None
     bf16: Callable[[nn.Module], nn.Module] | None = None
+    compiled: Callable[[nn.Module], nn.Module] | None = None
     drop_blocks: Callable[[nn.Module, list], nn.Module] | None = None
     #: the deploy mode latency is measured in on a CPU unless one is named
     cpu_default_deploy: str = "channels_last"

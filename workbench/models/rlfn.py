@@ -502,69 +502,220 @@ class MixedBF16RLFN(nn.Module):
         return self.upsampler(out)
 
 
-class FusedRLFN(nn.Module):
-    """RLFN forward for CPU inference with oneDNN post-op fusion and in-place elementwise ops.
+#: The fused form computes every width that is at most 1/16 short of a multiple of 16 at that
+#: multiple (zero weights in, zero channels out): oneDNN's AVX-512 kernels work in 16-channel
+#: blocks, and on the Xeon of bench/results a 3x3 conv with 46 outputs ran about 10% slower than
+#: one with 48 (1x1 16->46 + sigmoid 20% slower than 16->48), the 4% more multiplies included.
+FUSED_CHANNEL_BLOCK = 16
 
-    Each conv runs as one oneDNN primitive on channels_last tensors with its LeakyReLU (block
-    convs) or sigmoid (ESA conv4) fused, 1x1 convs kept on oneDNN (eager dispatches them to a
-    slow im2col path in channels_last), the residual adds, ESA's add and the mask multiply done
-    in place, and pixel shuffle done as one NHWC copy. (A sum post-op for conv_2 + skip measured
-    no faster than conv then add_.) Arithmetic is eager fp32's up to summation order.
+
+def fused_width(width: int, block: int = FUSED_CHANNEL_BLOCK) -> int:
+    """The width the ``fused`` form computes ``width`` channels at (46 -> 48, 44 and 8 stay)."""
+    up = -(-width // block) * block
+    return up if (up - width) * block <= width else width
+
+
+def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d) -> nn.Conv2d:
+    """An nn.Conv2d with ``conv``'s geometry holding ``weight`` / ``bias`` (any channel counts)."""
+    out = nn.Conv2d(weight.shape[1], weight.shape[0], conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, bias=bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out.to(device=weight.device, memory_format=torch.channels_last)
+
+
+def _zero_padded(conv: nn.Conv2d, cin: int, cout: int, *,
+                 rows: list[int] | None = None) -> nn.Conv2d:
+    """``conv`` widened to ``cin`` inputs / ``cout`` outputs with zero weights and zero bias (the
+    extra output channels are exactly 0, the extra inputs are ignored); ``rows`` reorders the
+    output channels first."""
+    w = conv.weight.detach().float()
+    b = None if conv.bias is None else conv.bias.detach().float()
+    if rows is not None:
+        w, b = w[rows], (None if b is None else b[rows])
+    weight = w.new_zeros(cout, cin, *w.shape[2:])
+    weight[:w.shape[0], :w.shape[1]] = w
+    bias = None
+    if b is not None:
+        bias = b.new_zeros(cout)
+        bias[:b.shape[0]] = b
+    return _conv_like(weight, bias, conv)
+
+
+def _folded_1x1(outer: nn.Conv2d, inner: nn.Conv2d) -> nn.Conv2d:
+    """The 1x1 conv ``outer(inner(x))`` of two 1x1 convs (products taken in float64)."""
+    wo = outer.weight.detach().double()[:, :, 0, 0]
+    wi = inner.weight.detach().double()[:, :, 0, 0]
+    bias = wo @ inner.bias.detach().double() if inner.bias is not None else wo.new_zeros(wo.shape[0])
+    if outer.bias is not None:
+        bias = bias + outer.bias.detach().double()
+    return _conv_like((wo @ wi).float()[:, :, None, None], bias.float(), inner)
+
+
+def _conv_add_(conv, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``other += conv(x)`` in place as one oneDNN conv with a sum post-op (returns ``other``)."""
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        other, x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+        "add", None, None, [], None)
+
+
+def _conv_mul(conv, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``conv(x) * other`` as one oneDNN conv with a binary-multiply post-op."""
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, other, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+        "mul", None, None, [], None)
+
+
+def _esa_pooled_hw(hw: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The size ESA's conv3 runs at for an input of ``hw`` (conv2 3x3 s2 unpadded, pool 7 s3)."""
+    if hw is None or min(hw) < MIN_LR_SIZE:
+        return None
+    return tuple(((s - 3) // 2 + 1 - 7) // 3 + 1 for s in hw)
+
+
+def _head(model: nn.Module) -> tuple[int, int, float]:
+    return int(model.scale), int(model.spec.out_channels), float(model.blocks()[0].act.negative_slope)
+
+
+def _deploy_convs(model: nn.Module) -> dict[str, Any]:
+    """The convs of the deploy forms: widths padded (:func:`fused_width`), ESA's conv1 folded
+    into c5 (``reduce``), the upsampler's outputs ordered (i, j, channel) for the pixel shuffle."""
+    spec = model.spec
+    P = fused_width
+    trunk = P(spec.trunk)
+    blocks = []
+    for i, (blk, b) in enumerate(zip(model.blocks(), spec.blocks)):
+        esa = blk.esa
+        cin, m1, m2, out = P(spec.block_in(i)), P(b.mid1), P(b.mid2), P(b.out)
+        red, inner, fuse = P(b.esa), P(b.esa_inner), P(b.esa_fuse)
+        blocks.append({
+            "c1": _zero_padded(blk.c1_r, cin, m1), "c2": _zero_padded(blk.c2_r, m1, m2),
+            "c3": _zero_padded(blk.c3_r, m2, cin), "c5": _zero_padded(blk.c5, cin, out),
+            "reduce": _zero_padded(_folded_1x1(esa.conv1, blk.c5), cin, red),
+            "conv_f": _zero_padded(esa.conv_f, red, fuse),
+            "conv2": _zero_padded(esa.conv2, red, inner),
+            "conv3": _zero_padded(esa.conv3, inner, fuse),
+            "conv4": _zero_padded(esa.conv4, fuse, out),
+        })
+    up = model.upsampler[0]
+    s, n = int(model.scale), int(spec.out_channels)
+    # PixelShuffle reads channel oc*s*s + i*s + j into pixel (i, j) of image channel oc;
+    # ordered (i, j, oc) instead, each output row of the shuffle is a run of s*n floats
+    rows = [oc * s * s + r * s + c for r in range(s) for c in range(s) for oc in range(n)]
+    return {"conv_1": _zero_padded(model.conv_1, spec.in_channels, trunk), "blocks": blocks,
+            "conv_2": _zero_padded(model.conv_2, P(spec.blocks[-1].out), trunk),
+            "up": _zero_padded(up, trunk, up.out_channels, rows=rows)}
+
+
+def _shuffle_reordered(y: torch.Tensor, s: int, c: int) -> torch.Tensor:
+    """PixelShuffle of an upsampler output in (i, j, channel) order into a channels_last image."""
+    n, _, h, w = y.shape
+    rows = y.permute(0, 2, 3, 1).reshape(n, h, w, s, s * c).permute(0, 1, 3, 2, 4)
+    return rows.contiguous().view(n, h * s, w * s, c).permute(0, 3, 1, 2)
+
+
+class FusedRLFN(nn.Module):
+    """RLFN forward for CPU inference: one oneDNN primitive per conv on channels_last tensors.
+
+    Where the fp32 time went (torch.profiler, rlfn_ntire_x4 at 1x3x256x256, one thread): 80% in
+    the 3x3 convs; the rest in the 1x1 convs (memory-bound), page faults of freshly allocated
+    activations (see :func:`workbench.measure.deploy.keep_freed_memory`), the pixel-shuffle copy
+    (6-D gather, 2.5%), the residual / skip / ESA adds and the mask multiply. This form removes
+    what oneDNN's post-ops and linear algebra allow, exact to rounding and summation order:
+
+    * LeakyReLU fused into c1_r/c2_r/c3_r, sigmoid into ESA's conv4 (eltwise post-ops);
+    * ESA's conv1 folded into c5 (``conv1(c5(z))`` is one 1x1 conv of ``z``), so c5's output is
+      never stored: c5 runs last, with the mask multiply fused as a binary post-op;
+    * ``conv_f(reduced)`` summed into the interpolated map in place (sum post-op), and conv_2's
+      output summed into the stem's in place (the long skip);
+    * widths a little short of a multiple of 16 computed at it (:func:`fused_width`; 46 -> 48);
+    * the upsampler's output channels reordered so that pixel shuffle is one copy of 12-float
+      runs into a channels_last image.
+
+    The residual add stays an in-place add: oneDNN's sum post-op through torch runs before the
+    activation, not after it.
     """
 
     def __init__(self, model: nn.Module, example_hw: tuple[int, int] | None, prepack: bool) -> None:
         from workbench.measure.deploy import _PackedConv
 
         super().__init__()
-        self.scale = int(model.scale)
-        self.slope = float(model.blocks()[0].act.negative_slope)
+        self.scale, self.out_channels, self.slope = _head(model)
         hw = example_hw
+        pooled_hw = _esa_pooled_hw(hw)
 
-        def packed(conv: nn.Conv2d, at: tuple[int, int] | None) -> "_PackedConv":
-            return _PackedConv(conv, at, prepack)
+        def packed(conv: nn.Conv2d, at: tuple[int, int] | None = hw) -> "_PackedConv":
+            return _PackedConv(conv, at, prepack and at is not None)
 
-        self.conv_1 = packed(model.conv_1, hw)
-        self.blocks_ = []
-        for blk in model.blocks():
-            esa = blk.esa
-            self.blocks_.append({
-                "c1": packed(blk.c1_r, hw), "c2": packed(blk.c2_r, hw), "c3": packed(blk.c3_r, hw),
-                "c5": packed(blk.c5, hw), "conv1": packed(esa.conv1, hw),
-                "conv_f": packed(esa.conv_f, hw), "conv2": packed(esa.conv2, hw),
-                # conv3 runs on the small pooled map: no size hint for its weight layout
-                "conv3": _PackedConv(esa.conv3, None, False), "conv4": packed(esa.conv4, hw),
-            })
-        self.conv_2 = packed(model.conv_2, hw)
-        self.up = packed(model.upsampler[0], hw)
+        convs = _deploy_convs(model)
+        self.conv_1 = packed(convs["conv_1"])
+        self.blocks_ = [{k: packed(c, pooled_hw if k == "conv3" else hw) for k, c in b.items()}
+                        for b in convs["blocks"]]
+        self.conv_2 = packed(convs["conv_2"])
+        self.up = packed(convs["up"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
         act = ("leaky_relu", [self.slope])
         feature = self.conv_1(x)
         out = feature
         for b in self.blocks_:
-            inp = out
-            out = b["c1"](inp, *act)
-            out = b["c2"](out, *act)
-            out = b["c3"](out, *act)
-            out.add_(inp)
-            c5 = b["c5"](out)
-            reduced = b["conv1"](c5)
+            z = b["c3"](b["c2"](b["c1"](out, *act), *act), *act).add_(out)
+            reduced = b["reduce"](z)
             pooled = F.max_pool2d(b["conv2"](reduced), kernel_size=7, stride=3)
-            up = F.interpolate(b["conv3"](pooled), size=c5.shape[2:], mode="bilinear",
+            up = F.interpolate(b["conv3"](pooled), size=z.shape[2:], mode="bilinear",
                                align_corners=False)
-            up.add_(b["conv_f"](reduced))
-            out = b["conv4"](up, "sigmoid").mul_(c5)
-        out = self.conv_2(out).add_(feature)
-        from workbench.measure.deploy import _pixel_shuffle_nhwc
+            mask = b["conv4"](_conv_add_(b["conv_f"], reduced, up), "sigmoid")
+            out = _conv_mul(b["c5"], z, mask)
+        feature = _conv_add_(self.conv_2, out, feature)
+        return self._shuffle(self.up(feature))
 
-        return _pixel_shuffle_nhwc(self.up(out), self.scale)
+    def _shuffle(self, y: torch.Tensor) -> torch.Tensor:
+        return _shuffle_reordered(y, self.scale, self.out_channels)
+
+
+class CompiledRLFN(nn.Module):
+    """The module the ``compile`` mode hands to inductor: RLFN in plain PyTorch with the convs of
+    :class:`FusedRLFN` (widths padded, ESA's conv1 folded into c5, the upsampler reordered for a
+    one-copy pixel shuffle). Inductor fuses the activations and the adds itself; on the model as
+    written it kept the 46-wide convs, stored c5's output for conv1 and ran the 6-D shuffle
+    gather (10% slower at 1x3x256x256, one thread)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.scale, self.out_channels, self.slope = _head(model)
+        convs = _deploy_convs(model)
+        self.conv_1, self.conv_2, self.up = convs["conv_1"], convs["conv_2"], convs["up"]
+        self.body = nn.ModuleList(nn.ModuleDict(b) for b in convs["blocks"])
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.slope
+        feature = self.conv_1(x)
+        out = feature
+        for b in self.body:
+            h = F.leaky_relu(b["c1"](out), a)
+            h = F.leaky_relu(b["c2"](h), a)
+            z = F.leaky_relu(b["c3"](h), a) + out
+            reduced = b["reduce"](z)
+            pooled = F.max_pool2d(b["conv2"](reduced), kernel_size=7, stride=3)
+            up = F.interpolate(b["conv3"](pooled), size=z.shape[2:], mode="bilinear",
+                               align_corners=False)
+            out = b["c5"](z) * torch.sigmoid(b["conv4"](up + b["conv_f"](reduced)))
+        return _shuffle_reordered(self.up(self.conv_2(out) + feature), self.scale,
+                                  self.out_channels)
 
 
 def fused_form(model: RLFN, example_hw: tuple[int, int] | None) -> nn.Module:
     """The ``fused`` deploy form: :class:`FusedRLFN` on a channels_last copy's weights."""
     return FusedRLFN(model, example_hw, prepack=True)
+
+
+def compile_form(model: RLFN) -> nn.Module:
+    """The module the ``compile`` deploy mode compiles: :class:`CompiledRLFN`."""
+    return CompiledRLFN(model).eval()
 
 
 def bf16_form(model: RLFN) -> nn.Module:
@@ -606,6 +757,7 @@ FAMILY = register_family(Family(
     spec_from_state_dict=spec_from_state_dict, normalize_state_dict=normalize_state_dict,
     claims=claims_state_dict, presets=PRESETS, input_range=lambda spec: spec.input_range,
     group_name=rlfn_group_name, min_lr_size=MIN_LR_SIZE, fused=fused_form, bf16=bf16_form,
+    compiled=compile_form,
     drop_blocks=drop_blocks, cpu_default_deploy="fused",
     int8_fp32=lambda model: INT8_FP32, int8_min_side=INT8_MIN_SIDE,
     about="RLFN and RLFN-shaped networks (RLFN, RLFN-S, the NTIRE 2022 model, DIPNet)"))
