@@ -73,7 +73,7 @@ def test_cache_key_holds_mode_and_exact_hardware(tmp_path, tiny_spec, monkeypatc
     assert settings.deploy == "fused"  # the default on CPU: the fastest fp32 mode
     fused = cache_key_fields(tiny_spec, settings)
     cl = cache_key_fields(tiny_spec, replace(settings, deploy="channels_last"))
-    assert fused["deploy"] == "fused" and cl["deploy"] == "channels_last"
+    assert fused["deploy"].split(".r")[0] == "fused" and cl["deploy"].split(".r")[0] == "channels_last"
     assert {k for k in fused if fused[k] != cl[k]} == {"deploy"}
     assert fused["device"] == profiling.hardware_key("cpu")
     monkeypatch.setattr(profiling, "_read_cpuinfo", lambda: fake_cpuinfo(family=26))
@@ -85,8 +85,10 @@ def test_cache_key_holds_mode_and_exact_hardware(tmp_path, tiny_spec, monkeypatc
     a, b = LatencyMeasurer(settings), LatencyMeasurer(replace(settings, deploy="channels_last"))
     ra, rb = a.latency(tiny_spec), b.latency(tiny_spec)
     assert not ra["cached"] and not rb["cached"]
-    assert ra["deploy"] == ra["deploy_mode"] == "fused" and rb["deploy_mode"] == "channels_last"
-    assert sorted(r["deploy"] for r in a.cache.rows()) == ["channels_last", "fused"]
+    assert ra["deploy_mode"] == "fused" and rb["deploy_mode"] == "channels_last"
+    rev = f".r{deploy.FORMS_REVISION}"
+    assert ra["deploy"] == "fused" and ra["deploy_key"] == "fused" + rev
+    assert sorted(r["deploy"] for r in a.cache.rows()) == ["channels_last" + rev, "fused" + rev]
     assert a.latency(tiny_spec)["cached"] is True
 
 
@@ -320,3 +322,16 @@ def test_premeasure_times_cached_configurations_again(tiny_spec, tmp_path):
     assert m.latency(a)["median_ms"] == 9999.0
     assert m.measure_many([a, b]) == 2                               # both, in one block
     assert m.latency(a)["median_ms"] < 9999.0
+
+
+def test_cache_key_names_the_revision_of_the_deploy_form(tiny_spec, tmp_path, monkeypatch):
+    """A timing of an older form of a mode is not reused once the form changes."""
+    from workbench.measure import deploy as deploy_mod
+    from workbench.search.latency import cache_key_fields
+
+    settings = LatencySettings(input_shape=(1, 3, 16, 16), deploy="fused", threads=1,
+                               cache_path=str(tmp_path / "k.db"))
+    now = cache_key_fields(tiny_spec, settings)
+    assert now["deploy"] == f"fused.r{deploy_mod.FORMS_REVISION}"
+    monkeypatch.setattr(deploy_mod, "FORMS_REVISION", deploy_mod.FORMS_REVISION + 1)
+    assert cache_key_fields(tiny_spec, settings)["deploy"] != now["deploy"]

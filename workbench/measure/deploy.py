@@ -86,6 +86,13 @@ def available_modes(device: str | torch.device = "cpu") -> tuple[str, ...]:
     return GPU_MODES if torch.device(device).type == "cuda" else CPU_MODES
 
 
+#: Revision of the deploy forms, part of every latency cache key (``<mode>.r<N>``): a timing of an
+#: older form of the same mode is another model's timing. Bump it when a form changes what runs.
+#: r2: RLFN's fused/compile forms fold ESA's conv1 into c5, fuse the mask multiply and the skip
+#: adds as oneDNN post-ops and pad widths near a multiple of 16 (46 -> 48).
+FORMS_REVISION = 2
+
+
 def default_mode(device: str | torch.device = "cpu", model: nn.Module | None = None) -> str:
     """The deploy mode latency is measured in unless one is named: the fastest fp32 mode.
 

@@ -74,8 +74,10 @@ def software_versions() -> dict[str, str]:
 def cache_key_fields(spec: RLFNSpec, settings: LatencySettings, *, device: str | None = None) -> dict[str, Any]:
     import torch
 
+    from workbench.measure.deploy import FORMS_REVISION
+
     return {"device": device or device_name(settings.device), "spec": spec_key(spec),
-            "deploy": settings.deploy,
+            "deploy": f"{settings.deploy}.r{FORMS_REVISION}",
             "input_shape": "x".join(map(str, settings.input_shape)), "dtype": settings.dtype,
             "threads": settings.resolved_threads() if not settings.device.startswith("cuda") else 0,
             "torch": torch.__version__, "protocol": settings.protocol()}
@@ -377,6 +379,7 @@ class LatencyMeasurer:
                 if record is None:
                     record = dict(self._request("measure", spec.to_dict()))
                     record.update(key)
+                    record.update(deploy=self.settings.deploy, deploy_key=key["deploy"])
                     record["measured_at"] = time.time()
                     self.cache.put(key, record)
                     self.measured += 1
@@ -425,6 +428,7 @@ class LatencyMeasurer:
                           "deploy_mode": self.settings.deploy,
                           "warmup": self.settings.warmup, "interleaved_with": len(todo),
                           **self.key(spec), "measured_at": time.time()}
+                record.update(deploy=self.settings.deploy, deploy_key=self.key(spec)["deploy"])
                 self.cache.put(self.key(spec), record)
                 self.measured += 1
         return len(todo)
