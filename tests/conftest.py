@@ -41,6 +41,14 @@ def tiny_model(tiny_spec: RLFNSpec) -> RLFN:
 
 
 @pytest.fixture
+def images():
+    """Two small noise LR images of odd sizes (uint8 HWC): inputs for output-equality checks."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
+            rng.integers(0, 256, (17, 16, 3), dtype=np.uint8)]
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread for tests of tiny models: two spinning OpenMP threads on a shared
     2-core machine are many times slower than one. Use with

@@ -1,7 +1,6 @@
 """Deploy modes (fused, bf16, compile) for every family, through the family interface."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,13 +8,6 @@ from workbench.measure.deploy import Deployed, max_gray_diff, prepare
 from workbench.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def images():
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
-            rng.integers(0, 256, (17, 16, 3), dtype=np.uint8)]
 
 
 def _custom(name: str):

@@ -6,7 +6,6 @@ import resource
 import sys
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,13 +14,6 @@ from workbench.models import build_model, create_model
 from workbench.models.rlfn import BlockSpec, FusedRLFN, RLFNSpec, fused_width
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def images():
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
-            rng.integers(0, 256, (17, 16, 3), dtype=np.uint8)]
 
 
 def test_fused_width_pads_only_nearly_aligned_widths():
