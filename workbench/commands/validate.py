@@ -86,6 +86,7 @@ def patch_problems(recipe) -> list[str]:
     """Every training stage whose HR patch is larger than one of its training images (read from
     the image headers, nothing decoded): the run would stop there, maybe hours in."""
     from workbench.data.images import image_size
+    from workbench.data.training import holds_patch
     from workbench.core.errors import WorkbenchError
     from workbench.stages.utils import training_files
 
@@ -110,12 +111,8 @@ def patch_problems(recipe) -> list[str]:
                     sizes[key] = image_size(path)
                 except (WorkbenchError, OSError):
                     continue
-            h, w = sizes[key]
-            need = patch // recipe.scale if lr_only else patch
-            if not lr_only:
-                h, w = h - h % recipe.scale, w - w % recipe.scale
-            if min(h, w) < need:
-                small.append((min(h, w), path))
+            if not holds_patch(sizes[key], patch, recipe.scale, lr_only=lr_only):
+                small.append((min(sizes[key]), path))
         if small:
             side, path = min(small)
             problems.append(f"{plan.label}.patch_size: {patch} px is larger than {len(small)} of its "

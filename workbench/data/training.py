@@ -202,12 +202,12 @@ class PatchDataset(Dataset):
         for k, hr_file in enumerate(self.hr_files):
             h, w = image_size(hr_file)
             if self.lr_only[k]:
-                if h < p // s or w < p // s:
+                if not holds_patch((h, w), p, s, lr_only=True):
                     raise WorkbenchError(f"{hr_file}: image is {h}x{w}, smaller than the {p // s}x{p // s} "
                                          f"LR training patch (patch {p} at x{s})")
                 continue
             shape = (h - h % s, w - w % s)
-            if shape[0] < p or shape[1] < p:
+            if not holds_patch((h, w), p, s):
                 raise WorkbenchError(f"{hr_file}: image is {shape[0]}x{shape[1]} (mod-cropped to x{s}), "
                                      f"smaller than the {p}x{p} training patch")
             if self.lr_files is not None:
@@ -306,6 +306,15 @@ class PatchDataset(Dataset):
             epoch, i = index
             return self.sample(epoch, i)
         return self.sample(self.epoch, int(index))
+
+
+def holds_patch(size: tuple[int, int], patch_size: int, scale: int, *, lr_only: bool = False) -> bool:
+    """Whether an image of ``size`` (h, w) yields a training patch: an HR image mod-cropped to the
+    scale must hold ``patch_size``; an LR-only image must hold the LR patch ``patch_size // scale``."""
+    h, w = size
+    if lr_only:
+        return min(h, w) >= patch_size // scale
+    return min(h - h % scale, w - w % scale) >= patch_size
 
 
 def patch_size_problems(patch_size: int, scale: int | None) -> list[str]:
