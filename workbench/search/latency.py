@@ -377,15 +377,19 @@ class LatencyMeasurer:
             with self.lock.exclusive():
                 record = self.cache.get(key)      # another worker may have measured it meanwhile
                 if record is None:
-                    record = dict(self._request("measure", spec.to_dict()))
-                    record.update(key)
-                    record.update(deploy=self.settings.deploy, deploy_key=key["deploy"])
-                    record["measured_at"] = time.time()
+                    record = self._keyed(dict(self._request("measure", spec.to_dict())), key)
                     self.cache.put(key, record)
                     self.measured += 1
                     return {**record, "cached": False}
         self.hits += 1
         return {**record, "cached": True}
+
+    def _keyed(self, record: dict[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
+        """A fresh measurement with its cache key; ``deploy`` stays the mode's name, the key's
+        revisioned form is kept as ``deploy_key``."""
+        record.update(key)
+        record.update(deploy=self.settings.deploy, deploy_key=key["deploy"], measured_at=time.time())
+        return record
 
     def value(self, record: Mapping[str, Any]) -> float:
         """The number the search uses from a record: its median, or its minimum (``statistic``)."""
@@ -423,13 +427,11 @@ class LatencyMeasurer:
             result = self._request("compare", {"specs": {k: s.to_dict() for k, s in todo.items()},
                                                "rounds": self.settings.repeats, "per_round": 1})
             for k, spec in todo.items():
-                times = result[k]["rounds"]
-                record = {**spread(times, "_ms"), "repeats": len(times),
-                          "deploy_mode": self.settings.deploy,
-                          "warmup": self.settings.warmup, "interleaved_with": len(todo),
-                          **self.key(spec), "measured_at": time.time()}
-                record.update(deploy=self.settings.deploy, deploy_key=self.key(spec)["deploy"])
-                self.cache.put(self.key(spec), record)
+                times, key = result[k]["rounds"], self.key(spec)
+                record = self._keyed({**spread(times, "_ms"), "repeats": len(times),
+                                      "deploy_mode": self.settings.deploy,
+                                      "warmup": self.settings.warmup, "interleaved_with": len(todo)}, key)
+                self.cache.put(key, record)
                 self.measured += 1
         return len(todo)
 
