@@ -78,10 +78,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Stages that leave out training images smaller than their patch themselves.
-_SKIPS_SMALL_IMAGES = {"quantize"}
-
-
 def patch_problems(recipe) -> list[str]:
     """Every training stage whose HR patch is larger than one of its training images (read from
     the image headers, nothing decoded): the run would stop there, maybe hours in."""
@@ -94,7 +90,7 @@ def patch_problems(recipe) -> list[str]:
     sizes: dict[str, tuple[int, int]] = {}
     for plan in recipe.stages:
         patch = getattr(plan.config, "patch_size", None)
-        if not isinstance(patch, int) or plan.type in _SKIPS_SMALL_IMAGES:
+        if not isinstance(patch, int) or getattr(plan.config, "skips_small_images", False):
             continue
         sources = getattr(plan.config, "data", None) or list(recipe.config.data.train)
         if not sources:

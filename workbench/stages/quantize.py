@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from workbench.stages.registry import StageContext, StageResult, register_stage
 from workbench.recipes.schema import TrainSource
@@ -42,6 +42,9 @@ log = logging.getLogger("workbench.quantize")
 
 @dataclass(frozen=True)
 class QuantizeConfig:
+    #: the stage leaves out training images smaller than its patch (``validate`` need not refuse them)
+    skips_small_images: ClassVar[bool] = True
+
     method: str = field(default="qat", metadata={
         "help": "qat: fake-quant fine-tuning with distillation from the fp32 parent; ptq: "
                 "calibration only", "choices": ["qat", "ptq"]})
