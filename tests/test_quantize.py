@@ -69,6 +69,24 @@ def test_ptq_int8_mode_runs_and_is_close_to_fp32() -> None:
 
 
 @pytest.mark.slow
+def test_int8_bf16_mode_runs_the_same_int8_graph_with_a_bf16_rest() -> None:
+    """int8_bf16: the same calibrated graph as int8, the non-int8 ops in bf16: float32 out, close
+    to both fp32 and int8, and not bit-equal to int8 (the rest really ran in bf16)."""
+    model = _model()
+    calib = _smooth_lr(6, 32, seed=1)
+    x = _smooth_lr(1, 32, seed=2)[0]
+    int8 = prepare(model, mode="int8", example_shape=None, calibration=calib)
+    mixed = prepare(model, mode="int8_bf16", example_shape=None, calibration=calib)
+    assert mixed.mode == "int8_bf16" and mixed.module.quantization["source"] == "ptq"
+    with torch.no_grad():
+        ref = model(x)
+    a, b = int8(x), mixed(x)
+    assert b.shape == ref.shape and b.dtype == torch.float32
+    assert _psnr(b, ref) > 30.0 and _psnr(b, a) > 35.0
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.slow
 def test_ptq_int8_mode_takes_other_input_sizes() -> None:
     dep = prepare(_model(), mode="int8", example_shape=None, calibration=_smooth_lr(3, 32, seed=1))
     # each size compiles once (dynamic export, LR side >= 24)
