@@ -109,7 +109,7 @@ def test_calibration_crops_skip_small_images(tmp_path: Path) -> None:
         calibration_crops(files[:2], scale=2, count=2, lr_size=24)
 
 
-def _qat_recipe(tmp_path: Path, method: str = "qat") -> Path:
+def _qat_recipe(tmp_path: Path, method: str = "qat", **stage) -> Path:
     images = make_smooth_images(tmp_path / "images", n=4, size=64, small=8, seed=1, prefix="im")
     val = tmp_path / "val" / "Tiny"
     make_smooth_images(val / "HR", n=1, size=64, small=8, seed=5, prefix="v")
@@ -125,11 +125,33 @@ def _qat_recipe(tmp_path: Path, method: str = "qat") -> Path:
                  "val": {"sets": ["Tiny"], "root": str(tmp_path / "val")}},
         "stages": [{"id": "int8", "stage": "quantize", "method": method, "iterations": 4,
                     "batch_size": 2, "patch_size": 32, "calibration_images": 3,
-                    "calibration_lr_size": 24, "log_every": 2}],
+                    "calibration_lr_size": 24, "log_every": 2, **stage}],
     }
     path = tmp_path / "int8.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+@pytest.mark.slow
+def test_quantize_stage_scores_the_deployed_modes(tmp_path: Path) -> None:
+    """val_deploy: the stage also scores the int8 model compiled in each named mode, beside the
+    eager q/dq graph; a mode that is not an int8 one is refused before anything runs."""
+    from workbench.recipes.engine import run_recipe
+    from workbench.recipes.loader import load_recipe
+
+    with pytest.raises(WorkbenchError, match="val_deploy"):
+        load_recipe(_qat_recipe(tmp_path / "bad", "ptq", val_deploy=["fused"]))
+    run = tmp_path / "run"
+    run_recipe(load_recipe(_qat_recipe(tmp_path, "ptq", val_deploy=["int8", "int8_bf16"])),
+               run_dir=run, progress=False)
+    m = json.loads((run / "00-int8" / "artifact" / "artifact.json").read_text())["metrics"]["Tiny"]
+    assert {"psnr_y_int8", "psnr_y_parent", "psnr_y_compiled_int8", "psnr_y_compiled_int8_bf16"} <= set(m)
+    for mode in ("int8", "int8_bf16"):
+        # compiled int8 arithmetic is close to the q/dq graph's
+        assert abs(m[f"psnr_y_compiled_{mode}"] - m["psnr_y_int8"]) < 1.0
+        assert m[f"psnr_y_delta_compiled_{mode}"] == pytest.approx(
+            m[f"psnr_y_compiled_{mode}"] - m["psnr_y_parent"])
+    assert m["psnr_y_compiled_int8_bf16"] != m["psnr_y_compiled_int8"]
 
 
 def test_qat_stage_artifact_reloads_weights_only(tmp_path: Path, request) -> None:

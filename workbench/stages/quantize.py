@@ -69,6 +69,10 @@ class QuantizeConfig:
                 "conv_1, conv_2, upsampler.0, block_*.c5; SPAN's conv_1, upsampler.0, ...)"})
     per_channel: bool = field(default=True, metadata={"help": "int8 weights per output channel"})
     val: bool = field(default=True, metadata={"help": "PSNR of int8 and parent on data.val at the end"})
+    val_deploy: list[str] = field(default_factory=list, metadata={
+        "help": "also score the int8 model on data.val as deployed, compiled in these modes "
+                "(int8, int8_bf16; one inductor compile per image size, about 30 s each here)",
+        "choices": ["int8", "int8_bf16"]})
     log_every: int = field(default=50, metadata={"help": "log interval in iterations", "min": 1})
     checkpoint_every: int = field(default=50, metadata={
         "help": "QAT: write a resumable checkpoint every this many iterations", "min": 1})
@@ -326,7 +330,7 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
         weights = model
     state = quant_state(prepared)
     if cfg.val and ctx.recipe is not None:
-        metrics.update(_validate(ctx, weights, qcfg, state, model))
+        metrics.update(_validate(ctx, cfg, weights, qcfg, state, model))
     path = ctx.artifact_dir
     if is_main(ctx):
         lineage = make_lineage(parent=parent, seed=ctx.seed, stage=ctx.stage_id,
@@ -341,6 +345,9 @@ def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
     if "val_psnr_y_int8" in metrics:
         parts.append(f"{metrics['val_set']} PSNR-Y int8 {metrics['val_psnr_y_int8']:.3f} dB "
                      f"(fp32 parent {metrics['val_psnr_y_parent']:.3f})")
+        for mode in cfg.val_deploy:
+            if f"val_psnr_y_compiled_{mode}" in metrics:
+                parts.append(f"{mode} compiled {metrics[f'val_psnr_y_compiled_{mode}']:.3f}")
     return StageResult(artifact=path, metrics=metrics, summary=", ".join(parts))
 
 
@@ -350,15 +357,26 @@ def _size(path) -> tuple[int, int]:
     return image_size(path)
 
 
-def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str, Any]:
+def _validate(ctx: StageContext, cfg: QuantizeConfig, weights, qcfg, state,
+              parent_model) -> dict[str, Any]:
     """PSNR-Y of the converted int8 graph (q/dq arithmetic, eager) and of the fp32 parent on
-    every validation set; the first set's figures also as ``val_*``."""
+    every validation set; the first set's figures also as ``val_*``. With ``val_deploy`` also
+    the int8 model as deployed (compiled) in each named mode: ``psnr_y_compiled_<mode>`` and
+    ``psnr_y_delta_compiled_<mode>`` (against the parent)."""
+    import copy
+
     from workbench.data.benchmark import load_set
+    from workbench.measure.deploy import prepare
     from workbench.measure.evaluate import evaluate_set
     from workbench.measure.quantize import GraphRunner, convert, restore_prepared
 
     val = ctx.recipe.data.val
     int8 = GraphRunner(convert(restore_prepared(weights, qcfg, state)))
+    deployed = {}
+    if cfg.val_deploy:
+        carrier = copy.deepcopy(weights).eval()
+        carrier.quantization = {"config": qcfg, "state": state}
+        deployed = {mode: prepare(carrier, mode=mode, example_shape=None) for mode in cfg.val_deploy}
     out: dict[str, Any] = {}
     for i, name in enumerate(val.sets or ["Set5"]):
         pset = load_set(name, ctx.scale, data_root=val.root)
@@ -366,6 +384,12 @@ def _validate(ctx: StageContext, weights, qcfg, state, parent_model) -> dict[str
         p = evaluate_set(parent_model, pset, device="cpu", progress=False)
         fig = {"psnr_y_int8": float(q.mean["psnr_y"]), "psnr_y_parent": float(p.mean["psnr_y"]),
                "psnr_y_delta": float(q.mean["psnr_y"] - p.mean["psnr_y"])}
+        for mode, dep in deployed.items():
+            d = evaluate_set(dep, pset, device="cpu", progress=False)
+            fig[f"psnr_y_compiled_{mode}"] = float(d.mean["psnr_y"])
+            fig[f"psnr_y_delta_compiled_{mode}"] = float(d.mean["psnr_y"] - p.mean["psnr_y"])
+            log.info("%s PSNR-Y %s (compiled) %.4f (%+.4f dB)", q.name, mode,
+                     fig[f"psnr_y_compiled_{mode}"], fig[f"psnr_y_delta_compiled_{mode}"])
         out[q.name] = fig
         if i == 0:
             out.update({"val_set": q.name, **{f"val_{k}": v for k, v in fig.items()}})
