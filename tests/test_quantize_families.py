@@ -61,7 +61,8 @@ def test_families_declare_their_fp32_layers_and_export_bound() -> None:
     assert {"conv_1", "conv_cat", "upsampler.0"} <= set(skipped_modules(span, QuantConfig()))
     assert export_min_side(span) == 2
     rlfn = create_model("rlfn_s_x4")
-    assert resolve_config(rlfn).skip == ("conv_1", "conv_2", "upsampler.0", "block_*.c5")
+    assert resolve_config(rlfn).skip == ("conv_1", "conv_2", "upsampler.0", "block_*.c5",
+                                         "block_*.esa.*", "block_1.c*_r")
     assert export_min_side(rlfn) == 24
     # generic: the first conv, the convs feeding a PixelShuffle and the last conv
     assert default_skip(_custom("tiny_edsr_x4")) == ("head", "up.0", "up.2", "tail")

@@ -13,10 +13,13 @@ Activations are uint8 per tensor (affine, histogram observer); weights int8 per 
 model's family declares (``Family.int8_fp32``, :func:`default_skip`), else the generic choice: the
 first conv, the convs feeding a PixelShuffle and the last conv. RLFN keeps the stem conv (three
 input channels, few MACs), the last trunk conv (into the long skip), the upsampler conv, whose
-output *is* the image, and each block's 1x1 ``c5`` (it feeds ESA and the mask multiply). PTQ
-measured on rlfn_s_x4 / Set5 with 16 calibration crops of 48x48 LR (fp32 32.240 dB):
-everything int8 31.923; upsampler fp32 31.988; + stem 32.049; + conv_2 32.103; + every c5
-32.147 (+ every ESA conv4 instead of c5: 32.107). SPAN's choice is measured in
+output *is* the image, each block's 1x1 ``c5`` (it feeds ESA and the mask multiply), every ESA
+conv (16 wide: few MACs) and the first block's 3x3 convs. PTQ measured on rlfn_s_x4 / Set5 with
+16 calibration crops of 48x48 LR (fp32 32.240 dB): everything int8 31.923; upsampler fp32
+31.988; + stem 32.049; + conv_2 32.103; + every c5 32.147 (+ every ESA conv4 instead of c5:
+32.107); + every ESA conv and block_1's 3x3 convs 32.198 (the figures per layer are beside
+``INT8_FP32`` in :mod:`workbench.models.rlfn`). In deploy mode ``int8_bf16`` the layers kept
+out of int8 run in bf16, not fp32. SPAN's choice is measured in
 :mod:`workbench.models.span` (``bench/bench_int8_skip.py`` reruns such a comparison). A
 resolved config (:func:`resolve_config`) names its modules, and that is what an artifact records.
 
