@@ -84,3 +84,26 @@ def test_profile_and_sensitivity_flags_default_to_their_source():
     d = SensitivityConfig()
     assert (args.ratios, args.criterion, args.latency_repeats) == (d.ratios, d.criterion, d.latency_repeats)
     assert [int(v) for v in args.latency_shape.split(",")] == d.latency_shape
+
+
+def test_every_pruning_entry_point_defaults_to_the_one_criterion():
+    """The criterion that works on trained SR weights (output) is every entry point's default:
+    the algorithms (API), the stages, the search and the CLI flags."""
+    from workbench.prune.importance import DEFAULT_CRITERION, group_scores
+    from workbench.prune.sensitivity import analyze
+    from workbench.prune.surgery import group_importance, prune_to_spec, prune_to_widths
+    from workbench.search.objective import DefaultEvaluator
+    from workbench.search.study import SearchJob
+    from workbench.stages.prune import PruneConfig
+
+    assert DEFAULT_CRITERION == "output"
+    for fn in (group_scores, analyze, group_importance, prune_to_spec, prune_to_widths,
+               DefaultEvaluator.__init__):
+        assert inspect.signature(fn).parameters["criterion"].default == DEFAULT_CRITERION, fn
+    for cls in (SensitivityConfig, SFPConfig, PruneConfig, SearchStageConfig, SearchJob):
+        assert _defaults(cls)["criterion"] == DEFAULT_CRITERION, cls
+    apply = _subparser("prune")
+    sub = next(a for a in apply._actions if a.dest == "prune_command" or hasattr(a, "choices") and
+               isinstance(a.choices, dict) and "apply" in a.choices).choices["apply"]
+    assert sub.get_default("criterion") == DEFAULT_CRITERION
+    assert _subparser("sensitivity").get_default("criterion") == DEFAULT_CRITERION

@@ -33,7 +33,7 @@ from workbench.core.errors import WorkbenchError
 from workbench.models import group_widths
 from workbench.models.rlfn import RLFN
 from workbench.prune.groups import expected_groups, select_groups
-from workbench.prune.importance import get_importance, group_scores, lowest
+from workbench.prune.importance import DEFAULT_CRITERION, get_importance, group_scores, lowest
 from workbench.prune.surgery import prune_to_widths
 
 DEFAULT_RATIOS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -264,7 +264,7 @@ def rank_groups(rows: Sequence[dict[str, Any]], ratios: Sequence[float]) -> list
 
 
 def analyze(model: RLFN, pset: Any, *, ratios: Sequence[float] = DEFAULT_RATIOS,
-            criterion: str = "l1", groups: Iterable[str] | None = None,
+            criterion: str = DEFAULT_CRITERION, groups: Iterable[str] | None = None,
             latency: bool = False, latency_shape: Sequence[int] = (1, 3, 128, 128),
             latency_repeats: int = 5, deploy: str | None = None,
             device: str | torch.device = "cpu",

@@ -20,13 +20,13 @@ from workbench.models import build_model, group_widths
 from workbench.models.rlfn import RLFN, RLFNSpec
 from workbench.prune.groups import (ChannelGroup, build_graph, channel_groups, expand_widths,
                                     expected_groups)
-from workbench.prune.importance import group_scores, lowest
+from workbench.prune.importance import DEFAULT_CRITERION, group_scores, lowest
 
 __all__ = ["ChannelGroup", "channel_groups", "group_importance", "prune_to_spec",
            "prune_to_widths", "drop_blocks", "rebuild"]
 
 
-def group_importance(model: RLFN, name: str, *, criterion: str = "l1") -> torch.Tensor:
+def group_importance(model: RLFN, name: str, *, criterion: str = DEFAULT_CRITERION) -> torch.Tensor:
     """One score per channel of group ``name`` (higher = more important)."""
     groups = expected_groups(model.spec)
     if name not in groups:
@@ -47,7 +47,7 @@ def rebuild(model: nn.Module, spec: RLFNSpec) -> RLFN:
     return fresh.train(model.training)
 
 
-def prune_to_widths(model: RLFN, widths: Mapping[str, int], *, criterion: str = "l1",
+def prune_to_widths(model: RLFN, widths: Mapping[str, int], *, criterion: str = DEFAULT_CRITERION,
                     keep: Mapping[str, Sequence[int]] | None = None,
                     inplace: bool = False) -> RLFN:
     """Remove channels so every named group has the requested width; return the pruned model.
@@ -139,7 +139,7 @@ def drop_blocks(model: RLFN, num_blocks: int | None = None, *, keep: Sequence[in
     return fam.drop_blocks(model, keep)
 
 
-def prune_to_spec(model: RLFN, target: RLFNSpec, *, criterion: str = "l1") -> RLFN:
+def prune_to_spec(model: RLFN, target: RLFNSpec, *, criterion: str = DEFAULT_CRITERION) -> RLFN:
     """Prune (a copy of) ``model`` to exactly ``target``'s widths, inheriting its weights.
 
     ``target`` must have the same scale and image channels, no wider groups, and at most as many

@@ -166,7 +166,8 @@ class DefaultEvaluator:
     def __init__(self, parent: "RLFN", *, scale: int, eval_set: str = "Set5",
                  data_root: str | None = None, train_data: str | None = None,
                  train_files: Sequence[str] = (), train_lr_files: Sequence[str] | None = None,
-                 finetune: FinetuneSettings = FinetuneSettings(), criterion: str = "l1",
+                 finetune: FinetuneSettings = FinetuneSettings(),
+                 criterion: str = "output",
                  device: str = "cpu", importance_cache: str | None = None) -> None:
         from workbench.data.benchmark import load_set
 
