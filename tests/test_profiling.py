@@ -96,7 +96,7 @@ def test_ntire_latency_over_a_folder(tmp_path, tiny_model):
     assert r["mean_ms"] == pytest.approx(np.mean([p["ms"] for p in r["per_image"]]))
     assert r["per_image"][1]["shape"] == [32, 16]
     assert {"device", "dtype", "threads", "torch"} <= set(r)
-    with pytest.raises(WorkbenchError, match="no such folder"):
+    with pytest.raises(WorkbenchError, match="folder of LR images does not exist"):
         ntire_latency(tiny_model, tmp_path / "missing", device="cpu")
 
 

@@ -164,6 +164,18 @@ def natural_key(name: str) -> tuple:
     return key + ((2, 0, name),)  # the exact name breaks ties (img01 vs img1, IMG vs img)
 
 
+def require_images(folder: str | os.PathLike, what: str = "images") -> list[Path]:
+    """:func:`list_images` of ``folder``, where a missing or empty folder is a WorkbenchError that
+    says which ``what`` (e.g. "training images", "LR images") was expected there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WorkbenchError(f"{folder}: the folder of {what} does not exist")
+    files = list_images(folder)
+    if not files:
+        raise WorkbenchError(f"{folder}: no {what} (.png, .bmp, .jpg ...)")
+    return files
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files directly inside ``folder`` (by :data:`IMAGE_SUFFIXES`), sorted naturally.
 

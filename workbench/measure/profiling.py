@@ -384,15 +384,9 @@ def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int]
 def _lr_images(source: Any) -> list[tuple[str, np.ndarray]]:
     """(name, uint8 HWC) for a folder of images, a PairedSet, or a list of arrays/pairs."""
     if isinstance(source, (str, os.PathLike)):
-        from workbench.data.images import list_images, read_image
+        from workbench.data.images import read_image, require_images
 
-        folder = Path(source)
-        if not folder.is_dir():
-            raise WorkbenchError(f"{folder}: no such folder of LR images")
-        files = list_images(folder)
-        if not files:
-            raise WorkbenchError(f"{folder}: holds no images")
-        return [(f.stem, read_image(f)) for f in files]
+        return [(f.stem, read_image(f)) for f in require_images(source, "LR images")]
     pairs = getattr(source, "pairs", source)
     out = []
     for i, item in enumerate(pairs):

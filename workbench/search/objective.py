@@ -133,15 +133,9 @@ class CandidateEvaluator(Protocol):
 
 def list_image_files(folder: str | Path) -> list[Path]:
     """The training images in ``folder``; a missing or empty folder is a WorkbenchError."""
-    from workbench.data.images import list_images
+    from workbench.data.images import require_images
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WorkbenchError(f"{folder}: training image folder does not exist")
-    files = list_images(folder)
-    if not files:
-        raise WorkbenchError(f"{folder}: no training images (.png, .bmp, .jpg ...)")
-    return files
+    return require_images(folder, "training images")
 
 
 def _large_enough(files: list[Path], patch: int) -> list[Path]:
