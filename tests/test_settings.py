@@ -107,3 +107,13 @@ def test_every_pruning_entry_point_defaults_to_the_one_criterion():
                isinstance(a.choices, dict) and "apply" in a.choices).choices["apply"]
     assert sub.get_default("criterion") == DEFAULT_CRITERION
     assert _subparser("sensitivity").get_default("criterion") == DEFAULT_CRITERION
+
+
+def test_quantize_stage_offers_every_int8_deploy_mode():
+    import dataclasses as dc
+
+    from workbench.measure.deploy import INT8_MODES
+    from workbench.stages.quantize import QuantizeConfig
+
+    field = next(f for f in dc.fields(QuantizeConfig) if f.name == "val_deploy")
+    assert tuple(field.metadata["choices"]) == INT8_MODES
