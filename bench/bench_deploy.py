@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.models.artifacts import atomic_write_json, environment, load_model  # noqa: E402
-from workbench.measure.deploy import max_gray_diff, prepare  # noqa: E402
+from workbench.measure.deploy import INT8_MODES, max_gray_diff, prepare  # noqa: E402
 from workbench.measure.profiling import conv_macs, device_name  # noqa: E402
 
 FP32_MODES = {"eager", "channels_last", "fused", "compile", "cuda_graph"}
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     x = model_input(model, torch.rand(shape, generator=gen) * 255)  # the family's input range
     calibration = None
-    if any(m.startswith("int8") for m in args.modes) and args.calibration is not None:
+    if set(args.modes) & set(INT8_MODES) and args.calibration is not None:
         from workbench.data.images import list_images
         from workbench.measure.quantize import calibration_crops
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         t0 = time.perf_counter()
         variants[mode] = prepare(model, device="cpu", mode=mode, example_shape=shape,
-                                 calibration=calibration if mode.startswith("int8") else None)
+                                 calibration=calibration if mode in INT8_MODES else None)
         prep_s[mode] = time.perf_counter() - t0
         print(f"prepared {mode:<14} in {prep_s[mode]:6.1f} s", file=sys.stderr, flush=True)
 

@@ -750,7 +750,8 @@ def drop_blocks(model: RLFN, keep: list[int]) -> RLFN:
 #: int8 31.923; stem/conv_2/upsampler/c5 32.149; + ESA 32.174 (conv_f alone 32.163, conv1 32.158,
 #: conv2-4 at most 32.153); + block_1's 3x3 convs instead 32.180 (c1_r alone 32.173, blocks 2-6
 #: at most 32.158); both 32.198. ESA's convs are 16 wide, so in int8_bf16 (the rest in bf16) this
-#: set costs little speed: 2.25x fp32 compile against 2.20x for the set without ESA and block 1.
+#: set costs little speed: QAT artifacts of both sets in one side-by-side run, 2.29x and 2.20x
+#: fp32 compile (within this machine's noise).
 INT8_FP32 = ("conv_1", "conv_2", "upsampler.0", "block_*.c5", "block_*.esa.*", "block_1.c*_r")
 #: ESA's strided conv and 7x7 max-pool: torch.export proves them non-empty only from 24 LR pixels.
 INT8_MIN_SIDE = 24
