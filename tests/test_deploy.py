@@ -88,6 +88,40 @@ def test_compile_matches_eager(tiny_model, images):
     assert check_deploy(tiny_model, dep, [images[1]], tolerance=1)["max"] <= 1
 
 
+def test_runner_always_gets_an_inference_tensor():
+    """A compiled runner guards on its input's dispatch keys: tensors made inside and outside
+    inference mode must reach it alike, or the first timed call after the warm-up recompiles."""
+    seen = []
+
+    def runner(x):
+        seen.append((x.is_inference(), x.is_contiguous(memory_format=torch.channels_last)))
+        return x
+
+    dep = Deployed(runner, torch.nn.Identity(), mode="compile", device=torch.device("cpu"),
+                   channels_last=True)
+    outside = torch.rand(1, 3, 8, 8)
+    with torch.inference_mode():
+        inside = torch.rand(1, 3, 8, 8)
+    dep(outside)
+    dep(inside)
+    with torch.inference_mode():
+        dep(outside)
+    assert seen == [(True, True)] * 3
+    assert not outside.is_inference()  # the caller's tensor is left as it was
+
+
+@pytest.mark.slow
+def test_compile_warmup_serves_inference_mode_calls(tiny_model):
+    import torch._dynamo.utils as dynamo_utils
+
+    dep = prepare(tiny_model, mode="compile", example_shape=(1, 3, 16, 16))
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        dep(torch.rand(1, 3, 16, 16) * 255)
+    dep(torch.rand(1, 3, 16, 16) * 255)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == before
+
+
 @pytest.mark.slow
 def test_compile_real_weights_within_one_gray_level(ntire_and_set5):
     model, set5 = ntire_and_set5
