@@ -60,6 +60,29 @@ def test_a_unit_range_teacher_sees_the_batch_through_its_input_range() -> None:
         assert float(loss(run_model(copy.deepcopy(teacher), lr), torch.empty(2, 3, 0, 0), lr)) == 0.0
 
 
+def test_self_ensemble_target_is_the_mean_over_flips_and_transposes() -> None:
+    teacher = _teacher()
+    lr = torch.rand(2, 3, 32, 28) * 255  # not square: the transposes must come back to 28 x 32
+    with torch.no_grad():
+        views = [teacher(lr), teacher(lr.flip(-1)).flip(-1), teacher(lr.flip(-2)).flip(-2),
+                 teacher(lr.flip(-1).flip(-2)).flip(-2).flip(-1)]
+        t = [teacher(lr.transpose(-1, -2)).transpose(-1, -2),
+             teacher(lr.flip(-1).transpose(-1, -2)).transpose(-1, -2).flip(-1),
+             teacher(lr.flip(-2).transpose(-1, -2)).transpose(-1, -2).flip(-2),
+             teacher(lr.flip(-1).flip(-2).transpose(-1, -2)).transpose(-1, -2).flip(-2).flip(-1)]
+    for n, expected in ((1, views[0]), (2, sum(views[:2]) / 2), (4, sum(views) / 4),
+                        (8, (sum(views) + sum(t)) / 8)):
+        target = build_loss([{"type": "distill", "ensemble": n}], teacher=teacher).terms[0].target(lr)
+        assert target.shape == (2, 3, 64, 56)
+        assert torch.allclose(target, expected, atol=1e-3), n
+    # a random teacher is not flip-equivariant: the ensemble is a different target
+    one = build_loss(DISTILL, teacher=teacher).terms[0].target(lr)
+    eight = build_loss([{"type": "distill", "ensemble": 8}], teacher=teacher).terms[0].target(lr)
+    assert (one - eight).abs().max() > 0.1
+    assert check_loss_specs([{"type": "distill", "ensemble": 3}])  # only 1, 2, 4, 8
+    assert not check_loss_specs([{"type": "distill", "ensemble": 8}])
+
+
 def test_loss_specs_need_a_teacher_and_are_checked() -> None:
     assert needs_teacher(DISTILL) and not needs_teacher([{"type": "l1"}])
     assert not uses_hr(DISTILL) and uses_hr([{"type": "l1"}, *DISTILL])

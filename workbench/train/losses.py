@@ -19,7 +19,12 @@ Scale conventions (documented because they change what a weight means):
   student's SR and a frozen teacher's SR of the same LR batch, on the 0..255 scale. The teacher is
   given to :func:`build_loss` by the stage (its parent by default, or the stage's ``teacher`` REF);
   it runs in ``inference_mode`` in eval mode, so it gets no gradients and never changes. It needs
-  no HR patch, so it alone can train on images that only exist as LR.
+  no HR patch, so it alone can train on images that only exist as LR. ``ensemble: N`` (2, 4 or
+  8; default 1) distils from the teacher's self-ensemble: the mean of its SR over N flips and
+  transposes of the LR batch, each transformed back. That target is better than the teacher's
+  own SR (rlfn_s_x4 with 8: +0.096 dB on Set5, +0.101 on Set14), so a pruned student can get
+  closer to, or past, the teacher; the teacher then costs N forwards per step. The student
+  still deploys as one forward.
 
 - ``l1`` / ``l2`` are computed on the 0..255 scale the models work in. Adam is invariant to a
   constant factor on the loss, so this matches training on 0..1 images apart from Adam's eps.
@@ -147,10 +152,13 @@ class DistillLoss(nn.Module):
     ``criterion.parameters()`` and ``criterion.state_dict()`` never include it.
     """
 
-    def __init__(self, teacher: nn.Module, *, norm: str = "l1") -> None:
+    def __init__(self, teacher: nn.Module, *, norm: str = "l1", ensemble: int = 1) -> None:
         super().__init__()
         if norm not in ("l1", "l2"):
             raise WorkbenchError(f"distill: norm must be l1 or l2, got {norm!r}")
+        if ensemble not in ENSEMBLE_SIZES:
+            raise WorkbenchError(f"distill: ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
+        self.ensemble = int(ensemble)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -171,7 +179,12 @@ class DistillLoss(nn.Module):
         from workbench.models.family import run_model
 
         with torch.inference_mode():  # through the teacher's input range ([0, 1] for SPAN/DIPNet)
-            out = run_model(self.teacher, lr.float())
+            x = lr.float()
+            out = run_model(self.teacher, x)
+            for k in range(1, self.ensemble):  # self-ensemble: the mean over flips / transposes
+                out = out + _dihedral(run_model(self.teacher, _dihedral(x, k)), k, inverse=True)
+            if self.ensemble > 1:
+                out = out / self.ensemble
         return out.clone()
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor | None = None,
@@ -185,6 +198,22 @@ class DistillLoss(nn.Module):
         return F.l1_loss(sr, target) if self.norm == "l1" else F.mse_loss(sr, target)
 
 
+#: Teacher self-ensemble sizes of ``distill``: 1 (the teacher's SR), 2 (+ its horizontal flip),
+#: 4 (+ both flips), 8 (+ the transposes: all eight flips and rotations).
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
+def _dihedral(x: torch.Tensor, k: int, *, inverse: bool = False) -> torch.Tensor:
+    """Transform ``k`` (bit 0: flip W, bit 1: flip H, bit 2: swap H and W) of an NCHW batch, or
+    its inverse (the same steps in reverse order)."""
+    steps = [(k & 1, lambda t: t.flip(-1)), (k & 2, lambda t: t.flip(-2)),
+             (k & 4, lambda t: t.transpose(-1, -2))]
+    for on, step in (reversed(steps) if inverse else steps):
+        if on:
+            x = step(x)
+    return x
+
+
 #: Losses that need a teacher model; build_loss passes it to their factory as ``teacher``.
 TEACHER_LOSSES = {"distill"}
 #: Losses that do not compare against the HR patch (usable on LR-only training images).
@@ -192,12 +221,14 @@ NO_HR_LOSSES = {"distill"}
 
 
 @register_loss("distill")
-def _distill(*, teacher: nn.Module | None = None, norm: str = "l1") -> nn.Module | None:
+def _distill(*, teacher: nn.Module | None = None, norm: str = "l1", ensemble: int = 1) -> nn.Module | None:
     if norm not in ("l1", "l2"):
         raise TypeError(f"norm must be 'l1' or 'l2', got {norm!r}")
+    if isinstance(ensemble, bool) or ensemble not in ENSEMBLE_SIZES:
+        raise TypeError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {ensemble!r}")
     if teacher is None:  # spec check only (check_loss_specs); build_loss always passes the teacher
         return None
-    return DistillLoss(teacher, norm=norm)
+    return DistillLoss(teacher, norm=norm, ensemble=ensemble)
 
 
 def _spec_list(specs: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[Mapping[str, Any]]:
