@@ -172,3 +172,17 @@ def test_shared_data_has_only_the_known_overlap(shared_dir) -> None:
     matches = leakage.check_leakage(train, evals)
     assert [(Path(m.train).name, Path(m.eval).name, m.kind) for m in matches] == [
         ("302003.png", "woman.png", "near-identical")]
+
+
+def test_guard_folder_applies_each_policy(tmp_path, caplog) -> None:
+    folder = _train_folder(tmp_path)
+    kw = dict(error_remedy="fix it", warn_remedy="went on")
+    with pytest.raises(leakage.WorkbenchError, match=r"302003\.jpg.*woman\.png.*fix it"):
+        leakage.guard_folder(folder, "Set5", policy="error", **kw)
+    with caplog.at_level("WARNING", logger="workbench.data"):
+        found = leakage.guard_folder(folder, "Set5", policy="warn", **kw)
+    assert len(found) == 1 and "went on" in caplog.text
+    assert leakage.guard_folder(folder, "Set5", policy="off", **kw) == []
+    assert leakage.guard_folder(sample_images_dir(), "Set5", **kw) == []  # distinct images pass
+    with pytest.raises(leakage.WorkbenchError, match="error, warn, off"):
+        leakage.guard_folder(folder, "Set5", policy="ignore", **kw)

@@ -249,9 +249,7 @@ def search_widths(model: ModelLike, space: Mapping[str, Any] | Sequence[str] | S
                                     out_dir="runs/my-search", psnr_drop=0.1)
         print(s["best"]["config"], s["best"]["artifact"])
     """
-    from types import SimpleNamespace
-
-    from workbench.commands.search import check_leakage
+    from workbench.data.leakage import guard_folder
     from workbench.models.artifacts import make_lineage, save_artifact, state_digest
     from workbench.recipes.schema import DataConfig
     from workbench.search.latency import LatencySettings
@@ -264,10 +262,11 @@ def search_widths(model: ModelLike, space: Mapping[str, Any] | Sequence[str] | S
                                          per_block=per_block)
     ft = _settings(FinetuneSettings, finetune)
     lat = _settings(LatencySettings, latency, device=device)
-    check_leakage(SimpleNamespace(leakage=leakage or DataConfig().leakage,
-                                  finetune_iters=ft.iterations, train_data=job.get("train_data"),
-                                  eval_set=job.get("eval_set", SearchJob.eval_set),
-                                  data_root=job.get("data_root")))
+    if ft.iterations > 0:
+        guard_folder(job.get("train_data"), job.get("eval_set", SearchJob.eval_set),
+                     data_root=job.get("data_root"), policy=leakage or DataConfig().leakage,
+                     error_remedy="remove it from train_data or pass leakage='warn' to proceed anyway",
+                     warn_remedy="training on it anyway (leakage='warn')")
     if isinstance(model, (str, os.PathLike)):
         parent = str(model)
     else:

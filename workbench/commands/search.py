@@ -196,23 +196,12 @@ def job_from_args(args: argparse.Namespace) -> "object":
 def check_leakage(args: argparse.Namespace) -> None:
     """Refuse (or warn about) fine-tune images that copy a validation image; see
     :mod:`workbench.data.leakage`. Without fine-tuning nothing is trained, so nothing leaks."""
-    import logging
+    from workbench.data.leakage import guard_folder
 
-    from workbench.data.images import list_images
-    from workbench.data.leakage import check_leakage as find, leak_message, set_hr_files
-    from workbench.data.training import sample_images_dir
-
-    if args.leakage == "off" or args.finetune_iters <= 0:
-        return
-    train = list_images(args.train_data) if args.train_data else list_images(sample_images_dir())
-    matches = find(train, set_hr_files(args.eval_set, data_root=args.data_root))
-    if not matches:
-        return
-    if args.leakage == "error":
-        raise WorkbenchError(leak_message(matches, remedy="remove it from --train-data or pass "
-                                                          "--leakage warn to proceed anyway"))
-    logging.getLogger("workbench.search").warning(
-        "warning: %s", leak_message(matches, remedy="training on it anyway (--leakage warn)"))
+    if args.finetune_iters > 0:
+        guard_folder(args.train_data, args.eval_set, data_root=args.data_root, policy=args.leakage,
+                     error_remedy="remove it from --train-data or pass --leakage warn to proceed anyway",
+                     warn_remedy="training on it anyway (--leakage warn)")
 
 
 def run(args: argparse.Namespace) -> int:

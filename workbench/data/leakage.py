@@ -312,6 +312,34 @@ def leak_message(matches: Sequence[Match], *, remedy: str | None = None) -> str:
     return f"leakage: training image {first.describe()}{more}; {remedy}"
 
 
+LEAKAGE_POLICIES = ("error", "warn", "off")
+
+
+def guard_folder(train_folder: str | os.PathLike | None, eval_set: str | os.PathLike, *,
+                 data_root: str | os.PathLike | None = None, policy: str = "error",
+                 error_remedy: str, warn_remedy: str) -> list[Match]:
+    """Apply a leakage ``policy`` to the images of ``train_folder`` (None: the shipped sample
+    images) against evaluation set ``eval_set``: ``error`` raises a one-line
+    :class:`WorkbenchError` naming both files (ending in ``error_remedy``), ``warn`` logs it
+    (ending in ``warn_remedy``), ``off`` checks nothing. Returns the matches found."""
+    import logging
+
+    from workbench.data.images import list_images
+    from workbench.data.training import sample_images_dir
+
+    if policy not in LEAKAGE_POLICIES:
+        raise WorkbenchError(f"leakage must be one of {', '.join(LEAKAGE_POLICIES)}, got {policy!r}")
+    if policy == "off":
+        return []
+    train = list_images(train_folder if train_folder else sample_images_dir())
+    matches = check_leakage(train, set_hr_files(eval_set, data_root=data_root))
+    if matches and policy == "error":
+        raise WorkbenchError(leak_message(matches, remedy=error_remedy))
+    if matches:
+        logging.getLogger("workbench.data").warning("warning: %s", leak_message(matches, remedy=warn_remedy))
+    return matches
+
+
 def set_hr_files(ref: str | os.PathLike, scale: int = 1, *,
                  data_root: str | os.PathLike | None = None) -> list[Path]:
     """The HR image files of an evaluation set reference, as :func:`~workbench.data.benchmark.load_set`
