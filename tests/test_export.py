@@ -48,3 +48,20 @@ def test_export_cli(tiny_model, tmp_path, capsys):
     assert "check OK" in text and out.is_file()
     assert main(["export", "--model", str(art), "--out", str(out), "--opset", "13"]) == 2
     assert "opset must be >= 17" in capsys.readouterr().err
+
+
+def test_check_size_limit_is_the_family_s(tiny_model, tmp_path):
+    """RLFN's ESA needs 15x15 LR inputs; SPAN has no pooling, so a 10x10 check image is fine."""
+    import torch
+
+    from workbench.models import SPABSpec, SPANSpec, build_model
+    from workbench.core.errors import WorkbenchError
+
+    small = [np.random.default_rng(0).integers(0, 256, (10, 10, 3), dtype=np.uint8)]
+    path = export_onnx(tiny_model, tmp_path / "rlfn.onnx")
+    with pytest.raises(WorkbenchError, match=r"rlfn needs LR images of at least 15x15"):
+        check_onnx(tiny_model, path, small)
+    torch.manual_seed(0)
+    span = build_model(SPANSpec(scale=2, feature=8, blocks=(SPABSpec(6, 5),), tail=5, fuse=6)).eval()
+    path = export_onnx(span, tmp_path / "span.onnx")
+    assert check_onnx(span, path, small)["ok"]

@@ -86,13 +86,15 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, images: list[np.ndarra
     and the raw float difference) and whether all are within tolerance.
     """
     import onnxruntime as ort
-    from workbench.models import MIN_LR_SIZE
+    from workbench.models.family import family_of
 
+    family = family_of(model)
+    smallest = family.min_lr_size
     for i, img in enumerate(images):
         h, w = np.asarray(img).shape[:2]
-        if min(h, w) < MIN_LR_SIZE:
-            raise WorkbenchError(f"image {i + 1}: check input is {w}x{h}; RLFN needs LR images of at least "
-                                 f"{MIN_LR_SIZE}x{MIN_LR_SIZE}")
+        if min(h, w) < smallest:
+            raise WorkbenchError(f"image {i + 1}: check input is {w}x{h}; {family.name} needs LR images "
+                                 f"of at least {smallest}x{smallest}")
 
     from workbench.models.family import on_255
 
