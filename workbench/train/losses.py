@@ -21,10 +21,11 @@ Scale conventions (documented because they change what a weight means):
   it runs in ``inference_mode`` in eval mode, so it gets no gradients and never changes. It needs
   no HR patch, so it alone can train on images that only exist as LR. ``ensemble: N`` (2, 4 or
   8; default 1) distils from the teacher's self-ensemble: the mean of its SR over N flips and
-  transposes of the LR batch, each transformed back. That target is better than the teacher's
-  own SR (rlfn_s_x4 with 8: +0.096 dB on Set5, +0.101 on Set14), so a pruned student can get
-  closer to, or past, the teacher; the teacher then costs N forwards per step. The student
-  still deploys as one forward.
+  transposes of the LR batch, each transformed back. That target scores better than the
+  teacher's own SR (x8: rlfn_s_x4 +0.096 / +0.101 dB on Set5 / Set14, span_ch28_x4 +0.234 /
+  +0.105); the teacher costs N forwards per step, and the student still deploys as one forward.
+  Measured so far it did not lift a pruned student that had converged on the plain teacher
+  (bench/results/README.md, 2026-12-02).
 
 - ``l1`` / ``l2`` are computed on the 0..255 scale the models work in. Adam is invariant to a
   constant factor on the loss, so this matches training on 0..1 images apart from Adam's eps.
