@@ -247,3 +247,15 @@ def test_soft_filter_pruning_finalizes_to_the_masked_function(name, targets):
         assert torch.allclose(pruned(x), model(x), atol=1e-5)
     widths = pruned.spec.group_widths() if hasattr(pruned.spec, "group_widths") else {}
     assert all(widths[n] == w for n, w in sfp.targets.items())
+
+
+def test_the_family_of_a_ref_is_known_before_loading(tmp_path):
+    from workbench.models import family_of_ref, min_lr_side
+    from workbench.models.artifacts import save_artifact
+
+    span = build_model(SPANSpec(scale=2, feature=8, blocks=(SPABSpec(6, 5),), tail=5, fuse=6))
+    folder = save_artifact(tmp_path / "span", span)
+    assert family_of_ref(folder).name == "span" and family_of_ref("rlfn_s_x4").name == "rlfn"
+    assert min_lr_side("span_ch28_x4") == (1, "span") and min_lr_side("rlfn_ntire_x4") == (15, "rlfn")
+    assert family_of_ref(tmp_path / "weights.pth") is None
+    assert min_lr_side(tmp_path / "weights.pth") == (15, "rlfn")  # unknown: the strictest family

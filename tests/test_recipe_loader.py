@@ -113,6 +113,9 @@ def test_model_scale_and_patch_checks() -> None:
     with pytest.raises(RecipeError) as info:
         parse_recipe(recipe)
     assert info.value.problems[0].startswith("stages[1] (ft).patch_size: at x4 must be at least 60")
+    assert "(rlfn needs LR patches of 15x15" in info.value.problems[0]
+    recipe["model"] = "span_ch28_x4"  # no pooling: SPAN trains on 14 px LR patches
+    assert parse_recipe(recipe).stages[1].config.patch_size == 56
     # widths need a scale; with one they are fine
     with pytest.raises(RecipeError) as info:
         parse_recipe(_base(model={"trunk": 8, "mid": 8, "esa": 4, "blocks": 2}))

@@ -13,7 +13,7 @@ benchmark, a plain folder) and :func:`sample_images_dir` the small images shippe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -317,11 +317,21 @@ def holds_patch(size: tuple[int, int], patch_size: int, scale: int, *, lr_only: 
     return min(h - h % scale, w - w % scale) >= patch_size
 
 
-def patch_size_problems(patch_size: int, scale: int | None) -> list[str]:
+def patch_size_problems(patch_size: int, scale: int | None, model: Any = None) -> list[str]:
     """Loader problems of a training patch size at ``scale``: it must be a multiple of the scale,
-    and the LR patch must be at least MIN_LR_SIZE (ESA's strided conv and 7x7 max-pool)."""
+    and the LR patch must be at least the smallest input ``model``'s family runs on (a REF; RLFN:
+    15, for ESA's strided conv and 7x7 max-pool; unknown before loading: the strictest family's)."""
     if not scale:
         return []
+    if patch_size % scale:
+        return [f"patch_size: must be a multiple of the scale {scale}, got {patch_size}"]
+    from workbench.models import min_lr_side
+
+    side, family = min_lr_side(model)
+    if patch_size // scale < side:
+        return [f"patch_size: at x{scale} must be at least {side * scale} ({family} needs LR "
+                f"patches of {side}x{side} or more), got {patch_size}"]
+    return []
     if patch_size % scale:
         return [f"patch_size: must be a multiple of the scale {scale}, got {patch_size}"]
     from workbench.models import MIN_LR_SIZE

@@ -66,6 +66,34 @@ def preset_family(preset: str) -> Family:
     raise WorkbenchError(f"unknown preset {preset!r}")
 
 
+def family_of_ref(ref: Any) -> Family | None:
+    """The family a model REF names without loading weights: a preset name (``span_ch28_x4``) or
+    an artifact folder (its artifact.json); None for anything else (a bare .pth, a typo)."""
+    import json
+
+    text = str(ref)
+    try:
+        return preset_family(parse_model_name(text)[0])
+    except WorkbenchError:
+        pass
+    meta = Path(text) / "artifact.json"
+    try:
+        name = json.loads(meta.read_text(encoding="utf-8")).get("family") or "rlfn"
+        return get_family(str(name))
+    except (OSError, ValueError, AttributeError, WorkbenchError):
+        return None
+
+
+def min_lr_side(ref: Any) -> tuple[int, str]:
+    """The smallest LR side a model REF's family runs on, and who says so. A REF whose family is
+    not known before loading gets the strictest registered family's limit."""
+    fam = family_of_ref(ref)
+    if fam is not None:
+        return fam.min_lr_size, fam.name
+    strictest = max(FAMILIES.values(), key=lambda f: f.min_lr_size)
+    return strictest.min_lr_size, strictest.name
+
+
 def group_widths(spec: Any) -> dict[str, int]:
     """Readable channel-group name -> width, in network order, for a spec of any family."""
     if isinstance(spec, RLFNSpec):

@@ -86,14 +86,18 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, images: list[np.ndarra
     and the raw float difference) and whether all are within tolerance.
     """
     import onnxruntime as ort
+    from workbench.models import min_lr_side
     from workbench.models.family import family_of
 
-    family = family_of(model)
-    smallest = family.min_lr_size
+    try:
+        family = family_of(model)
+        smallest, name = family.min_lr_size, family.name
+    except WorkbenchError:  # a bare module: the strictest family's limit
+        smallest, name = min_lr_side(None)
     for i, img in enumerate(images):
         h, w = np.asarray(img).shape[:2]
         if min(h, w) < smallest:
-            raise WorkbenchError(f"image {i + 1}: check input is {w}x{h}; {family.name} needs LR images "
+            raise WorkbenchError(f"image {i + 1}: check input is {w}x{h}; {name} needs LR images "
                                  f"of at least {smallest}x{smallest}")
 
     from workbench.models.family import on_255

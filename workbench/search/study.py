@@ -644,7 +644,7 @@ def check_inputs(job: SearchJob) -> None:
             raise WorkbenchError(f"{job.train_data}: training image folder does not exist")
         return
     patch = job.finetune.patch_size
-    problems = patch_size_problems(patch, scale)
+    problems = patch_size_problems(patch, scale, job.parent)
     if problems:
         raise WorkbenchError(f"--patch-size {patch}: {problems[0].split(': ', 1)[1]}")
     from workbench.data.training import PatchDataset, sample_images_dir

@@ -92,7 +92,7 @@ class QuantizeConfig:
         if self.method == "qat":
             from workbench.stages.utils import patch_size_problems
 
-            problems += patch_size_problems(self.patch_size, recipe.scale)
+            problems += patch_size_problems(self.patch_size, recipe.scale, recipe.model)
         return problems
 
 

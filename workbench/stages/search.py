@@ -135,7 +135,7 @@ class SearchStageConfig:
     def validate_in(self, recipe: Any) -> list[str]:
         from workbench.stages.utils import patch_size_problems
 
-        problems = patch_size_problems(self.patch_size, recipe.scale)
+        problems = patch_size_problems(self.patch_size, recipe.scale, recipe.model)
         if self.finetune_iters > 0 and not recipe.data.train:
             problems.append("finetune_iters: fine-tuning candidates needs training images: set data.train")
         return problems

@@ -100,7 +100,7 @@ class TrainingConfig:
                             "recipe or data in the stage")
         from workbench.stages.utils import patch_size_problems
 
-        return problems + patch_size_problems(self.patch_size, recipe.scale)
+        return problems + patch_size_problems(self.patch_size, recipe.scale, recipe.model)
 
 
 @dataclass(frozen=True)
