@@ -30,7 +30,7 @@ from torch import nn
 from workbench.core.device import num_threads
 from workbench.core.errors import WorkbenchError
 from workbench.measure import timing
-from workbench.measure.timing import (CLOCKS, DEFAULT_REPEATS, DEFAULT_WARMUP, Timer as _Timer,
+from workbench.measure.timing import (DEFAULT_REPEATS, DEFAULT_WARMUP, Timer as _Timer,
                                       interleaved_times, round_ratios, spread)
 
 __all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
