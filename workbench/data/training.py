@@ -332,11 +332,3 @@ def patch_size_problems(patch_size: int, scale: int | None, model: Any = None) -
         return [f"patch_size: at x{scale} must be at least {side * scale} ({family} needs LR "
                 f"patches of {side}x{side} or more), got {patch_size}"]
     return []
-    if patch_size % scale:
-        return [f"patch_size: must be a multiple of the scale {scale}, got {patch_size}"]
-    from workbench.models import MIN_LR_SIZE
-
-    if patch_size // scale < MIN_LR_SIZE:
-        return [f"patch_size: at x{scale} must be at least {MIN_LR_SIZE * scale} (RLFN's ESA needs "
-                f"LR patches of {MIN_LR_SIZE}x{MIN_LR_SIZE} or more), got {patch_size}"]
-    return []
