@@ -204,3 +204,16 @@ def registered_custom_model(name: str):
                                       scales=(2,)))
     torch.manual_seed(0)
     return create_model(name).eval()
+
+
+def test_profile_of_several_models_defaults_to_the_first_model_s_mode(tmp_path):
+    import json
+
+    from workbench.cli import main
+
+    _family()
+    out = tmp_path / "cmp.json"
+    assert main(["profile", "--model", "tiny_edsr_x4", "rlfn_tiny_x4", "--input", "1x3x16x16",
+                 "--repeats", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["deploy_mode"] for r in rows] == ["channels_last", "channels_last"]  # a wrapped module's

@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deploy", default=None, nargs="+", metavar="MODE",
                         help="time the model prepared by workbench.measure.deploy in MODE (eager, "
                              "channels_last, fused, compile, bf16, fp16, cuda_graph, ...; default: "
-                             "the device's fastest fp32 mode); several are timed side by side")
+                             "the fastest fp32 mode of the device for the (first) model); several are "
+                             "timed side by side")
     parser.add_argument("--judge", nargs="?", const="Set5", default=None, metavar="SET",
                         help="with several models/modes: judge each reduced-precision mode by the "
                              "PSNR-Y drop vs fp32 on SET (default Set5; accepted at <= 0.01 dB)")
@@ -139,7 +140,7 @@ def run_compare(args: argparse.Namespace) -> int:
         if shape[1] != art.spec.in_channels:
             raise WorkbenchError(f"--input {args.input}: {ref} takes {art.spec.in_channels} "
                                  f"channels, not {shape[1]}")
-    modes = list(args.deploy) if args.deploy else [default_mode(device)]
+    modes = list(args.deploy) if args.deploy else [default_mode(device, arts[0].model)]  # as for one model
     for mode in modes:
         check_mode(mode, device)
     labels = _labels(list(args.model))
