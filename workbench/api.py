@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 from torch import nn
 
 from workbench.data.benchmark import EMBEDDED_SETS
-from workbench.measure.profiling import compare_latency
+from workbench.measure.profiling import compare_latency, compare_models
 from workbench.measure.timing import DEFAULT_REPEATS, DEFAULT_WARMUP
 from workbench.models.artifacts import Artifact, load_model
 from workbench.prune.sensitivity import analyze
@@ -141,30 +141,14 @@ def profile(models: ModelLike | Sequence[ModelLike] | Mapping[str, ModelLike],
         for r in rows:
             print(r["name"], f"{r['median_ms']:.1f} ms", f"{r['ratio']:.3f}x")
     """
-    from workbench.measure.deploy import check_mode, default_mode, fresh_compile, prepare
     from workbench.measure.evaluate import resolve_device
-    from workbench.measure.profiling import ntire_counts
 
     arts = _named(models)
-    dev = resolve_device(device)
-    shape = tuple(int(v) for v in input_shape)
-    modes = list(modes) if modes else [default_mode(dev, next(iter(arts.values())).model)]
-    for mode in modes:
-        check_mode(mode, dev)
-    if "compile" in modes:
-        fresh_compile(limit=2 * len(arts) + 8)
-    runners: dict[str, nn.Module] = {}
-    meta: dict[str, dict[str, Any]] = {}
-    for label, art in arts.items():
-        counts = ntire_counts(art.model, input_shape=shape)
-        for mode in modes:
-            name = f"{label} [{mode}]"
-            runners[name] = prepare(art.model, device=dev, mode=mode, example_shape=shape)
-            meta[name] = {"model": label, "deploy_mode": mode, "counts": counts}
-    rows = compare_latency(runners, input_shape=shape, device=dev, rounds=repeats, warmup=warmup,
-                           threads=threads, clock=clock, progress=progress)
+    rows = compare_models({label: art.model for label, art in arts.items()}, modes,
+                          input_shape=input_shape, device=resolve_device(device), rounds=repeats,
+                          warmup=warmup, threads=threads, clock=clock, progress=progress)
     for row in rows:
-        row.update(meta[row["name"]])
+        row["model"] = row["label"]
     return rows
 
 

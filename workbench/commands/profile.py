@@ -123,10 +123,9 @@ def run_compare(args: argparse.Namespace) -> int:
     """Every (model, mode) pair timed interleaved in one run; ratios to the first pair."""
     from workbench.models.artifacts import atomic_write_json, environment, load_model
     from workbench.commands.eval import _labels
-    from workbench.measure.deploy import (REDUCED_PRECISION, check_mode, default_mode, fresh_compile,
-                                  judge_precision, prepare)
+    from workbench.measure.deploy import REDUCED_PRECISION, judge_precision
     from workbench.core.errors import WorkbenchError
-    from workbench.measure.profiling import compare_latency, ntire_counts
+    from workbench.measure.profiling import compare_models
 
     shape, device = _common_checks(args)
     if args.sweep or args.ntire_folder is not None or args.no_latency:
@@ -140,24 +139,14 @@ def run_compare(args: argparse.Namespace) -> int:
         if shape[1] != art.spec.in_channels:
             raise WorkbenchError(f"--input {args.input}: {ref} takes {art.spec.in_channels} "
                                  f"channels, not {shape[1]}")
-    modes = list(args.deploy) if args.deploy else [default_mode(device, arts[0].model)]  # as for one model
-    for mode in modes:
-        check_mode(mode, device)
     labels = _labels(list(args.model))
-    if "compile" in modes:
-        fresh_compile(limit=2 * len(arts) + 8)
-    runners, meta = {}, {}
-    for label, ref, art in zip(labels, args.model, arts):
-        for mode in modes:
-            name = f"{label} [{mode}]"
-            runners[name] = prepare(art.model, device=device, mode=mode, example_shape=shape)
-            meta[name] = {"model": str(ref), "label": label, "deploy_mode": mode,
-                          "counts": ntire_counts(art.model, input_shape=shape)}
-    rows = compare_latency(runners, input_shape=shape, device=device, rounds=args.repeats,
-                           warmup=args.warmup, threads=args.threads, clock=args.clock,
-                           progress=True)
+    rows = compare_models(dict(zip(labels, (art.model for art in arts))), args.deploy,
+                          input_shape=shape, device=device, rounds=args.repeats, warmup=args.warmup,
+                          threads=args.threads, clock=args.clock, progress=True)
+    refs = dict(zip(labels, args.model))
     for row in rows:
-        row.update(meta[row["name"]])
+        row["model"] = str(refs[row["label"]])
+    modes = list(dict.fromkeys(row["deploy_mode"] for row in rows))
     judged = {}
     if args.judge is not None:
         from workbench.data.benchmark import load_set

@@ -21,7 +21,7 @@ import io
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from workbench.measure.timing import (DEFAULT_REPEATS, DEFAULT_WARMUP, Timer as 
 __all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
            "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
            "device_name", "DTYPES", "spread", "hardware_id", "hardware_key", "cpu_flags",
-           "interleaved_times", "round_ratios", "compare_latency"]
+           "interleaved_times", "round_ratios", "compare_latency", "compare_models"]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "float32": torch.float32,
                                   "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -378,6 +378,40 @@ def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int]
         rows.append({"name": name, **_summary(times[name]), "ratio": r["median"],
                      "ratio_p10": r["p10"], "ratio_p90": r["p90"], "reference": first,
                      "rounds": rounds, "warmup": warmup, **cond})
+    return rows
+
+
+def compare_models(models: Mapping[str, nn.Module], modes: Sequence[str] | None = None, *,
+                   input_shape: Sequence[int] = (1, 3, 256, 256), device: str | torch.device = "cpu",
+                   rounds: int = 20, warmup: int = 3, threads: int | None = None,
+                   clock: str = "wall", progress: bool = False) -> list[dict[str, Any]]:
+    """Every (model, deploy mode) pair prepared and timed interleaved in one run
+    (:func:`compare_latency`): one row per pair, named ``"<label> [<mode>]"``, with ``label``,
+    ``deploy_mode`` and the NTIRE ``counts`` at ``input_shape``. ``modes`` default to the
+    device's fastest fp32 mode for the first model (as for one model)."""
+    from workbench.measure.deploy import check_mode, default_mode, fresh_compile, prepare
+
+    if not models:
+        raise WorkbenchError("nothing to compare")
+    dev = _resolve(device)
+    shape = tuple(int(v) for v in input_shape)
+    modes = list(modes) if modes else [default_mode(dev, next(iter(models.values())))]
+    for mode in modes:
+        check_mode(mode, dev)
+    if "compile" in modes:
+        fresh_compile(limit=2 * len(models) + 8)
+    runners: dict[str, nn.Module] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for label, model in models.items():
+        counts = ntire_counts(model, input_shape=shape)
+        for mode in modes:
+            name = f"{label} [{mode}]"
+            runners[name] = prepare(model, device=dev, mode=mode, example_shape=shape)
+            meta[name] = {"label": label, "deploy_mode": mode, "counts": counts}
+    rows = compare_latency(runners, input_shape=shape, device=dev, rounds=rounds, warmup=warmup,
+                           threads=threads, clock=clock, progress=progress)
+    for row in rows:
+        row.update(meta[row["name"]])
     return rows
 
 
