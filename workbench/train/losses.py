@@ -24,8 +24,8 @@ Scale conventions (documented because they change what a weight means):
   transposes of the LR batch, each transformed back. That target scores better than the
   teacher's own SR (x8: rlfn_s_x4 +0.096 / +0.101 dB on Set5 / Set14, span_ch28_x4 +0.234 /
   +0.105); the teacher costs N forwards per step, and the student still deploys as one forward.
-  Measured so far it did not lift a pruned student that had converged on the plain teacher
-  (bench/results/README.md, 2026-12-02).
+  Measured so far it lifted no pruned student, neither one that had converged on the plain
+  teacher nor one trained on it from the pruned start (bench/results/README.md, 2026-12-02).
 
 - ``l1`` / ``l2`` are computed on the 0..255 scale the models work in. Adam is invariant to a
   constant factor on the loss, so this matches training on 0..1 images apart from Adam's eps.
