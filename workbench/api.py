@@ -61,6 +61,15 @@ def _artifact(model: ModelLike) -> Artifact:
                     f"{type(model).__name__}")
 
 
+def _family_artifact(model: ModelLike, what: str) -> Artifact:
+    """:func:`_artifact` for a call that needs the model's family (its ``.spec``)."""
+    art = _artifact(model)
+    if art.spec is None:
+        raise TypeError(f"{what} needs a model a family built (it has a .spec); register "
+                        "yours with workbench.register_family(workbench.module_family(...))")
+    return art
+
+
 def _scale(art: Artifact) -> int:
     scale = getattr(art.spec, "scale", None) or getattr(art.model, "scale", None)
     if not isinstance(scale, int):
@@ -179,10 +188,7 @@ def sensitivity(model: ModelLike, *, set: str | os.PathLike = EMBEDDED_SETS[0],
     from workbench.data.benchmark import load_set
     from workbench.prune.sensitivity import write_outputs
 
-    art = _artifact(model)
-    if art.spec is None:
-        raise TypeError("sensitivity needs a model a family built (it has a .spec); register "
-                        "yours with workbench.register_family(workbench.module_family(...))")
+    art = _family_artifact(model, "sensitivity")
     pset = load_set(set, art.spec.scale, data_root=Path(data_root) if data_root is not None else None)
     name = art.name if art.path is not None else str(art.lineage.get("name", "model"))
     result = analyze(art.model, pset, ratios=ratios, criterion=criterion, groups=groups,
@@ -254,10 +260,7 @@ def search_widths(model: ModelLike, space: Mapping[str, Any] | Sequence[str] | S
     if isinstance(model, (str, os.PathLike)):
         parent = str(model)
     else:
-        art = _artifact(model)
-        if art.spec is None:
-            raise TypeError("search needs a model a family built (it has a .spec); register "
-                            "yours with workbench.register_family(workbench.module_family(...))")
+        art = _family_artifact(model, "search")
         path = Path(out_dir) / f"parent-{state_digest(art.model)[:12]}"
         if not path.exists():
             save_artifact(path, art.model, lineage=make_lineage(
