@@ -2,6 +2,7 @@
 re-encoded / resized / flipped copy) are found and a run refuses them; distinct images pass."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -179,8 +180,15 @@ def test_guard_folder_applies_each_policy(tmp_path, caplog) -> None:
     kw = dict(error_remedy="fix it", warn_remedy="went on")
     with pytest.raises(leakage.WorkbenchError, match=r"302003\.jpg.*woman\.png.*fix it"):
         leakage.guard_folder(folder, "Set5", policy="error", **kw)
-    with caplog.at_level("WARNING", logger="workbench.data"):
-        found = leakage.guard_folder(folder, "Set5", policy="warn", **kw)
+    # the CLI's setup_logging stops "workbench" propagating to the root logger that caplog watches
+    # (an earlier in-process CLI test may have run it), so listen on the module's logger itself
+    data_log = logging.getLogger("workbench.data")
+    data_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="workbench.data"):
+            found = leakage.guard_folder(folder, "Set5", policy="warn", **kw)
+    finally:
+        data_log.removeHandler(caplog.handler)
     assert len(found) == 1 and "went on" in caplog.text
     assert leakage.guard_folder(folder, "Set5", policy="off", **kw) == []
     assert leakage.guard_folder(sample_images_dir(), "Set5", **kw) == []  # distinct images pass
