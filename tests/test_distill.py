@@ -152,6 +152,25 @@ def test_lr_only_images_train_against_the_teacher(tmp_path: Path) -> None:
         seed=0, progress=False, teacher=teacher)
 
 
+def test_lr_only_images_shrunk_by_their_factor_before_cropping(tmp_path: Path) -> None:
+    """``lr_only=2``: the LR input is the MATLAB-bicubic half-size copy of the file, cropped."""
+    from workbench.data.imresize import downscale
+    from workbench.data.images import read_image
+
+    folder = make_smooth_images(tmp_path / "photos", n=2, size=41, small=5, seed=6)
+    files = sorted(folder.iterdir())
+    data = PatchDataset(files, scale=2, patch_size=32, lr_only=[2, 2], targets=False, seed=0,
+                        augment=False)
+    lr, _ = data[0]
+    half = torch.from_numpy(downscale(read_image(files[0])[:40, :40], 2).copy()).permute(2, 0, 1).float()
+    assert half.shape[-2:] == (20, 20) and lr.shape == (3, 16, 16)
+    windows = half.unfold(1, 16, 1).unfold(2, 16, 1).permute(1, 2, 0, 3, 4)
+    assert any(torch.equal(w, lr) for row in windows for w in row)
+    # a 41 px image shrunk by 3 holds 13 px, not the 16 px LR patch: refused before decoding
+    with pytest.raises(WorkbenchError, match="shrunk by 3"):
+        PatchDataset(files, scale=2, patch_size=32, lr_only=[3, 3], targets=False)
+
+
 def _recipe(tmp_path: Path, stages: list[dict], train: list[dict] | None = None) -> Path:
     images = make_smooth_images(tmp_path / "images", n=4, size=48, small=6, seed=0, prefix="img")
     recipe = {"model": "rlfn_tiny_x2", "seed": 3, "device": "cpu",
@@ -193,6 +212,11 @@ def test_hr_losses_on_lr_only_sources_are_refused_by_the_loader(tmp_path: Path) 
                    train=[{"root": str(images), "layout": "folder", "as_lr": True}])
     run_recipe(load_recipe(path), run_dir=tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "00-ft" / "artifact" / "artifact.json").is_file()
+    # downscale belongs to as_lr sources (a paired source's LR is HR / scale)
+    path = _recipe(tmp_path, [{"id": "ft", "stage": "finetune", "iterations": 2, **common, "losses": DISTILL}],
+                   train=[{"root": str(images), "layout": "folder", "downscale": 2}])
+    with pytest.raises(WorkbenchError, match="downscale: only with as_lr"):
+        load_recipe(path)
 
 
 def test_search_candidates_distil_from_the_parent_without_freezing_it(tmp_path: Path) -> None:

@@ -107,3 +107,11 @@ def test_mask_state_roundtrip(tiny_model):
     other = SoftFilterPruning(tiny_model, {"trunk": 6})
     other.load_state_dict(sfp.state_dict())
     assert other.keep == sfp.keep and other.history == sfp.history
+
+
+def test_sfp_stage_refuses_a_weight_average():
+    from workbench.stages.prune import SFPConfig
+
+    assert SFPConfig(iterations=2, trunk=6).validate() == []
+    problems = SFPConfig(iterations=2, trunk=6, ema=0.999).validate()
+    assert len(problems) == 1 and problems[0].startswith("ema: not in sfp")

@@ -210,3 +210,62 @@ def test_worker_processes_do_not_change_the_result() -> None:
     fit(b, ToyPatches(), settings=_settings(num_workers=2, checkpoint_every=0), device="cpu", seed=2, progress=False)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+class Trajectory(Callback):
+    """The model's floating-point weights after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_step_end(self, state) -> None:
+        self.states.append({k: v.detach().clone() for k, v in state.model.state_dict().items()})
+
+
+def test_ema_model_is_the_moving_average_of_the_trajectory(tmp_path: Path) -> None:
+    decay = 0.6
+    start = {k: v.clone() for k, v in _model().state_dict().items()}
+    plain, path = _model(), Trajectory()
+    fit(plain, ToyPatches(), settings=_settings(), device="cpu", seed=3, callbacks=[path], progress=False)
+    expected = {k: v.clone() for k, v in start.items()}
+    for step in path.states:
+        for k, v in step.items():
+            if v.is_floating_point():
+                expected[k] = decay * expected[k] + (1 - decay) * v
+    seen: list[float] = []
+    averaged, path2 = _model(), Trajectory()
+    val = lambda m: seen.append(float(next(m.parameters()).detach().sum())) or {"psnr_y": 0.0}  # noqa: E731
+    fit(averaged, ToyPatches(), settings=_settings(ema=decay), device="cpu", seed=3,
+        callbacks=[path2], val_fn=val, progress=False)
+    # the averaged run trains the same trajectory (averaging never feeds back into the steps) ...
+    for a, b in zip(path.states[-1].values(), path2.states[-1].values()):
+        assert torch.equal(a, b)
+    # ... and ends holding the average, which is also what validation scored
+    for k, v in averaged.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    assert any(not torch.equal(v, path.states[-1][k]) for k, v in averaged.state_dict().items())
+    assert seen == [pytest.approx(float(next(averaged.parameters()).detach().sum()), abs=1e-5)]
+
+
+def test_ema_resumes_bitwise_and_is_part_of_the_settings(tmp_path: Path) -> None:
+    ref = _model()
+    fit(ref, ToyPatches(), settings=_settings(ema=0.9), device="cpu", seed=5, progress=False)
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, ToyPatches(), settings=_settings(ema=0.9), device="cpu", seed=5,
+            checkpoint_dir=tmp_path, callbacks=[StopAt(5)], progress=False)
+    assert "ema" in load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    model = _model()
+    fit(model, ToyPatches(), settings=_settings(ema=0.9), device="cpu", seed=5,
+        checkpoint_dir=tmp_path, progress=False)
+    for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    # the finished stage resumed again hands on the same average, not the raw weights
+    again = _model()
+    fit(again, ToyPatches(), settings=_settings(ema=0.9), device="cpu", seed=5,
+        checkpoint_dir=tmp_path, progress=False)
+    for a, b in zip(ref.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(WorkbenchError, match="other settings or seed"):
+        fit(_model(), ToyPatches(), settings=_settings(ema=0.99), device="cpu", seed=5,
+            checkpoint_dir=tmp_path, progress=False)

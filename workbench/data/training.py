@@ -155,11 +155,15 @@ class PatchDataset(Dataset):
     def __init__(self, hr_files: Sequence[Path], *, scale: int, patch_size: int,
                  lr_files: Sequence[Path] | None = None, augment: bool = True,
                  length: int | None = None, seed: int = 0, cache: bool = True,
-                 lr_only: Sequence[bool] | None = None, targets: bool = True) -> None:
+                 lr_only: Sequence[bool | int] | None = None, targets: bool = True) -> None:
         self.hr_files = [Path(p) for p in hr_files]
-        # lr_only[k]: file k is itself an LR input (no HR exists); targets=False: serve no HR patch
-        # (an empty (3, 0, 0) tensor), for losses that take their target from a teacher
-        self.lr_only = [bool(f) for f in lr_only] if lr_only is not None else [False] * len(self.hr_files)
+        # lr_only[k]: file k is itself an LR input (no HR exists), shrunk by the factor lr_only[k]
+        # first when that is above 1 (True: 1, as it is); targets=False: serve no HR patch (an
+        # empty (3, 0, 0) tensor), for losses that take their target from a teacher
+        self.lr_shrink = [int(f) for f in lr_only] if lr_only is not None else [0] * len(self.hr_files)
+        if any(f < 0 for f in self.lr_shrink):
+            raise WorkbenchError("PatchDataset: lr_only factors must be >= 0 (0: a paired image)")
+        self.lr_only = [f > 0 for f in self.lr_shrink]
         self.targets = bool(targets)
         if len(self.lr_only) != len(self.hr_files):
             raise WorkbenchError(f"PatchDataset: {len(self.hr_files)} images but {len(self.lr_only)} "
@@ -202,9 +206,11 @@ class PatchDataset(Dataset):
         for k, hr_file in enumerate(self.hr_files):
             h, w = image_size(hr_file)
             if self.lr_only[k]:
-                if not holds_patch((h, w), p, s, lr_only=True):
-                    raise WorkbenchError(f"{hr_file}: image is {h}x{w}, smaller than the {p // s}x{p // s} "
-                                         f"LR training patch (patch {p} at x{s})")
+                n = self.lr_shrink[k]
+                if not holds_patch((h, w), p, s, lr_only=n):
+                    shrunk = f" ({h // n}x{w // n} shrunk by {n})" if n > 1 else ""
+                    raise WorkbenchError(f"{hr_file}: image is {h}x{w}{shrunk}, smaller than the "
+                                         f"{p // s}x{p // s} LR training patch (patch {p} at x{s})")
                 continue
             shape = (h - h % s, w - w % s)
             if not holds_patch((h, w), p, s):
@@ -220,7 +226,7 @@ class PatchDataset(Dataset):
         for k in bar:
             if self.lr_only[k]:
                 self._hr.append(None)  # type: ignore[union-attr,arg-type]
-                self._lr[k] = read_image(self.hr_files[k])
+                self._lr[k] = self._read_lr_only(k)
                 continue
             hr = mod_crop(read_image(self.hr_files[k]), s)
             self._hr.append(hr)  # type: ignore[union-attr]
@@ -247,6 +253,11 @@ class PatchDataset(Dataset):
         """
         return np.random.default_rng([self.seed, int(epoch), 2**31]).permutation(self.length)
 
+    def _read_lr_only(self, k: int) -> np.ndarray:
+        image = read_image(self.hr_files[k])
+        n = self.lr_shrink[k]
+        return downscale(mod_crop(image, n), n) if n > 1 else image
+
     def _hr_image(self, k: int) -> np.ndarray | None:
         if self.lr_only[k]:
             return None
@@ -259,7 +270,7 @@ class PatchDataset(Dataset):
         if cached is not None:
             return cached
         if self.lr_only[k]:
-            lr = read_image(self.hr_files[k])
+            lr = self._read_lr_only(k)
             if self.cache:
                 self._lr[k] = lr
             return lr
@@ -308,12 +319,14 @@ class PatchDataset(Dataset):
         return self.sample(self.epoch, int(index))
 
 
-def holds_patch(size: tuple[int, int], patch_size: int, scale: int, *, lr_only: bool = False) -> bool:
+def holds_patch(size: tuple[int, int], patch_size: int, scale: int, *, lr_only: bool | int = False) -> bool:
     """Whether an image of ``size`` (h, w) yields a training patch: an HR image mod-cropped to the
-    scale must hold ``patch_size``; an LR-only image must hold the LR patch ``patch_size // scale``."""
+    scale must hold ``patch_size``; an LR-only image, shrunk by the factor ``lr_only`` (True: 1),
+    must hold the LR patch ``patch_size // scale``."""
     h, w = size
     if lr_only:
-        return min(h, w) >= patch_size // scale
+        n = int(lr_only)
+        return min(h // n, w // n) >= patch_size // scale
     return min(h - h % scale, w - w % scale) >= patch_size
 
 

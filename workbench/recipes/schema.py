@@ -50,11 +50,17 @@ class TrainSource:
     as_lr: bool = field(default=False, metadata={
         "help": "use the images themselves as LR inputs (no HR at the model's scale: a frozen teacher "
                 "supplies the target, so the stage's losses must all be distill)"})
+    downscale: int = field(default=1, metadata={
+        "help": "with as_lr: shrink each image by this factor (MATLAB bicubic) before use, e.g. 2: "
+                "HR photos become LR inputs with the statistics of bicubic LR and 4x the pixels of "
+                "their x4 LR", "min": 1, "max": 8})
     exclude: list[str] = field(default_factory=list, metadata={
         "help": "HR image names or shell patterns to leave out (file name or stem, e.g. 302003.png, "
                 "'30*'); each must match an image"})
 
     def validate(self) -> list[str]:
+        if self.downscale != 1 and not self.as_lr:
+            return [f"downscale: only with as_lr (a paired source's LR is HR / scale), got {self.downscale}"]
         if self.as_lr and self.layout not in ("folder", "samples"):
             return [f"as_lr: only for layout folder or samples, got {self.layout!r}"]
         if self.root is None and self.layout != "samples":

@@ -126,6 +126,9 @@ class SFPConfig(TrainingConfig):
         for name, width in (self.targets or {}).items():
             if width < 1:
                 problems.append(f"targets.{name}: must be a positive width, got {width}")
+        if self.ema is not None:
+            problems.append("ema: not in sfp (an average of the weights would blur the filters SFP "
+                            "zeroes); average in the fine-tune after it")
         return problems
 
     def widths(self) -> dict[str, int]:

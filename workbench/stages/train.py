@@ -69,6 +69,9 @@ class TrainingConfig:
     num_workers: int = _train_default("num_workers", help="data loader worker processes", min=0)
     amp: str | None = _train_default("amp", help="mixed precision on CUDA: bf16 or fp16",
                                      choices=["bf16", "fp16"])
+    ema: float | None = _train_default("ema", help="keep an exponential moving average of the weights "
+                                       "with this decay per step (e.g. 0.999); validation and the "
+                                       "stage's model use the average", gt=0, lt=1)
     cache_images: bool = field(default=True, metadata={
         "help": "decode training images once and keep them in memory (off for DIV2K+Flickr2K)"})
     data: list[TrainSource] | None = field(default=None, metadata={

@@ -71,7 +71,8 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
     """HR files and (when every source has them) matching LR files of the training sources.
 
     With ``with_lr_only`` a third list says, per file, whether its source is ``as_lr`` (the
-    image itself is an LR input; only teacher-based losses can train on it).
+    image itself is an LR input; only teacher-based losses can train on it): 0 for a paired image,
+    else the factor the image is shrunk by before use (the source's ``downscale``, 1 as it is).
     """
     from workbench.data.training import exclude_files, find_training_pairs, sample_images_dir
     from workbench.core.errors import WorkbenchError
@@ -80,7 +81,7 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
         raise WorkbenchError("no training data: set data.train in the recipe (or data in the stage)")
     hr_all: list[Path] = []
     lr_all: list[Path] | None = []
-    as_lr: list[bool] = []
+    as_lr: list[int] = []
     for source in sources:
         if source.layout == "samples":
             root, layout = (Path(source.root) if source.root else sample_images_dir()), "folder"
@@ -98,7 +99,7 @@ def training_files(sources: Sequence[Any], *, scale: int, with_lr_only: bool = F
                 raise WorkbenchError(f"{root}: as_lr images need a training stage with distill losses")
             lr = None  # the image itself is the LR input: no LR files to pair
         hr_all += hr
-        as_lr += [flag] * len(hr)
+        as_lr += [int(getattr(source, "downscale", 1)) if flag else 0] * len(hr)
         if lr is None or source.bicubic_lr or lr_all is None:
             lr_all = None
         else:

@@ -25,6 +25,8 @@ Stable API (signatures other engineers call)::
         # val_fn(model) -> {"psnr_y": ..., "images": {name: uint8 HWC/CHW}} runs every
         # val_every iterations and at the end. ``teacher``: the frozen model of ``distill``
         # loss terms (it runs on ``device`` in inference mode, on every DDP rank for its share).
+        # With ``settings.ema`` the model ends holding the moving average of its weights
+        # (validation scores the average too; checkpoints keep both).
 
 Determinism: the data order is a function of (seed, data epoch) only -- data epoch ``e`` is a
 permutation drawn from a generator seeded with (seed, e), cut into batches -- and the dataset's own
@@ -116,6 +118,49 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) ->
     """lr x gamma every ``halve_every`` iterations (the paper halves every 200k)."""
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, settings.halve_every),
                                            gamma=settings.gamma)
+
+
+# -- weight averaging ---------------------------------------------------------------------------
+
+class WeightAverage:
+    """An exponential moving average of a model's state (``decay`` per optimiser step).
+
+    Floating-point entries are averaged, ``avg = decay * avg + (1 - decay) * current``; others
+    (counters) are copied. It starts from the weights at construction: a fine-tune from a trained
+    model averages from where it began.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise WorkbenchError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            avg = self.shadow[key]
+            if avg.is_floating_point():
+                avg.mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                avg.copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        if set(state) != set(self.shadow):
+            raise KeyError("the averaged weights do not fit the model")
+        for key, value in state.items():
+            self.shadow[key].copy_(value)
+
+    def swap(self, model: nn.Module) -> None:
+        """Exchange the model's weights with the average (twice restores both)."""
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                held = value.detach().clone()
+                value.copy_(self.shadow[key])
+                self.shadow[key].copy_(held)
 
 
 # -- deterministic data order -------------------------------------------------------------------
@@ -292,6 +337,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
     scheduler = make_scheduler(optimizer, settings)
     use_scaler = settings.amp == "fp16" and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    average = WeightAverage(model, settings.ema) if settings.ema is not None else None
     n_data = len(dataset)
     epoch_iterations = settings.epoch_iterations or batches_per_epoch(n_data, settings.batch_size)
 
@@ -313,6 +359,8 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
             scheduler.load_state_dict(ckpt["scheduler"])
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
+            if average is not None:
+                average.load_state_dict(ckpt["ema"])
             for cb, cb_state in zip(callbacks, ckpt.get("callbacks", [])):
                 cb.load_state_dict(cb_state)
             _set_rng_state(ckpt["rng"])
@@ -345,6 +393,8 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
             "rng": _rng_state(), "callbacks": [cb.state_dict() for cb in callbacks],
             "history": history,
         }
+        if average is not None:
+            payload["ema"] = average.state_dict()
         _write_checkpoint(ckpt_path, payload, previous_iteration=last_saved)
         last_saved = iteration
 
@@ -353,9 +403,15 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
             return {}
         was_training = core.training
         core.eval()
-        with torch.no_grad():
-            result = dict(val_fn(core))
-        core.train(was_training)
+        if average is not None:
+            average.swap(core)  # validate the averaged weights, the ones the stage hands on
+        try:
+            with torch.no_grad():
+                result = dict(val_fn(core))
+        finally:
+            if average is not None:
+                average.swap(core)
+            core.train(was_training)
         images = result.pop("images", None)
         # plain Python values only: the history goes into checkpoints read with weights_only=True
         result = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
@@ -410,6 +466,8 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
                     torch.nn.utils.clip_grad_norm_(core.parameters(), settings.grad_clip)
                 optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update(core)
 
             done = iteration + 1
             state.iteration, state.loss = done, value
@@ -454,6 +512,8 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
     if settings.iterations > start:
         save(settings.iterations)
         distributed.barrier()
+    if average is not None:  # the last checkpoint holds both; the stage hands on the average
+        average.swap(core)
     metrics: dict[str, Any] = {
         "iterations": settings.iterations,
         "loss": history.get("loss"),

@@ -36,6 +36,7 @@ class TrainSettings:
     num_workers: int = 0
     amp: str | None = None
     teacher: str | None = None
+    ema: float | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the current run to be resumed."""
@@ -45,6 +46,8 @@ class TrainSettings:
         out = {k: data[k] for k in keep}
         if self.teacher is not None:  # absent otherwise, so checkpoints from before it still resume
             out["teacher"] = self.teacher
+        if self.ema is not None:  # likewise
+            out["ema"] = self.ema
         out["betas"] = list(out["betas"])
         return out
 
