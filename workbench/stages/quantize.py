@@ -278,8 +278,6 @@ def run_qat(parent_model, ds, cfg: QuantizeConfig, qcfg, *, seed: int, writer=No
                 help="int8 (torchao PT2E): fake-quant fine-tuning with distillation from the fp32 "
                      "parent (qat) or calibration only (ptq); artifact runs in deploy mode int8")
 def quantize_stage(cfg: QuantizeConfig, ctx: StageContext) -> StageResult:
-    import torch
-
     from workbench.models.artifacts import make_lineage
     from workbench.data.training import PatchDataset
     from workbench.models import build_model
