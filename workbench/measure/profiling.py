@@ -352,8 +352,13 @@ def measure_latency(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256
             **_record(dev, dt, used, input_shape, channels_last=channels_last, clock=clock)}
 
 
+#: Interleaved rounds and untimed warm-up calls of a side-by-side comparison.
+COMPARE_ROUNDS, COMPARE_WARMUP = 20, 3
+
+
 def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int] = (1, 3, 256, 256),
-                    device: str | torch.device = "cpu", rounds: int = 20, warmup: int = 3,
+                    device: str | torch.device = "cpu", rounds: int = COMPARE_ROUNDS,
+                    warmup: int = COMPARE_WARMUP,
                     threads: int | None = None, clock: str = "wall",
                     progress: bool = False) -> list[dict[str, Any]]:
     """Several prepared models (e.g. :func:`workbench.measure.deploy.prepare` results taking float32
@@ -383,7 +388,8 @@ def compare_latency(runners: dict[str, nn.Module], *, input_shape: Sequence[int]
 
 def compare_models(models: Mapping[str, nn.Module], modes: Sequence[str] | None = None, *,
                    input_shape: Sequence[int] = (1, 3, 256, 256), device: str | torch.device = "cpu",
-                   rounds: int = 20, warmup: int = 3, threads: int | None = None,
+                   rounds: int = COMPARE_ROUNDS, warmup: int = COMPARE_WARMUP,
+                   threads: int | None = None,
                    clock: str = "wall", progress: bool = False) -> list[dict[str, Any]]:
     """Every (model, deploy mode) pair prepared and timed interleaved in one run
     (:func:`compare_latency`): one row per pair, named ``"<label> [<mode>]"``, with ``label``,
