@@ -197,6 +197,11 @@ def test_stages_distil_from_their_parent_and_record_the_teacher(tmp_path: Path) 
     assert kd.lineage["teacher"] == str(run / "00-warm" / "artifact")
     assert kd.lineage["teacher_weights_sha256"] == warm.weights_sha256
     assert "teacher" not in warm.lineage
+    import json
+
+    curve = json.loads((run / "01-kd" / "curve.json").read_text())
+    assert [i for i, _ in curve["loss"]] == [1, 2, 3] and curve["val"] == []   # val: False
+    assert (run / "01-kd" / "curve.png").is_file() and (run / "02-sfp" / "curve.png").is_file()
     sfp = load_artifact(run / "02-sfp" / "artifact")
     assert sfp.lineage["teacher"] == "rlfn_tiny_x2" and len(sfp.lineage["teacher_weights_sha256"]) == 64
 

@@ -194,6 +194,14 @@ def test_validation_and_tensorboard(tmp_path: Path) -> None:
     writer.close()
     assert calls == [False, False, False]        # at 4, 8 and the end, in eval mode
     assert metrics["val_psnr_y"] == 23.0
+    assert metrics["curve"]["val"] == [[4, 21.0], [8, 22.0], [9, 23.0]]
+    assert [i for i, _ in metrics["curve"]["loss"]] == list(range(1, 10))   # log_every 1
+    from workbench.train.curves import write_curve
+
+    assert write_curve(metrics["curve"], tmp_path / "curve.png", title="t")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not write_curve({"loss": [], "val": []}, tmp_path / "empty.png", title="t")
+    assert not (tmp_path / "empty.png").exists()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "tb"))

@@ -109,6 +109,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, *, close: bool = True, **savefig: Any) -> None:
+    """A matplotlib figure as PNG through :func:`atomic_write_bytes` (rendered in memory first: a
+    full disk is one line and keeps the old file); ``savefig`` options pass through."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -574,7 +574,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from workbench.core.files import atomic_write_bytes
+    from workbench.core.files import atomic_save_figure
 
     w = [r["width"] for r in rows]
     med = [r["median_ms"] for r in rows]
@@ -601,8 +601,5 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *,
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_figure(fig, path)
     return Path(path)

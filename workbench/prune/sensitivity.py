@@ -604,17 +604,6 @@ def _plot_latency_tradeoff(result: SensitivityResult):
     return fig
 
 
-def _save_figure(fig: Any, path: Path, **kwargs: Any) -> None:
-    """savefig through the atomic writer: a full disk is one line and keeps the old PNG."""
-    import io
-
-    from workbench.core.files import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", **kwargs)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
                   tensorboard: bool = True, plots: bool = True) -> dict[str, Path]:
     """Write results.json, sensitivity.csv (every row), ranking.csv, one PNG per group under
@@ -651,11 +640,13 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
     if plots and result.rows:
         import matplotlib.pyplot as plt
 
+        from workbench.core.files import atomic_save_figure
+
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)
         for group in dict.fromkeys(r["group"] for r in result.rows):
             fig = _plot_group(result, group)
-            _save_figure(fig, plot_dir / f"{group}.png")
+            atomic_save_figure(fig, plot_dir / f"{group}.png", close=False)
             if writer is not None:
                 writer.add_figure(f"group/{group}", fig)
             plt.close(fig)
@@ -666,7 +657,7 @@ def write_outputs(result: SensitivityResult, out_dir: str | os.PathLike, *,
             makers.append(("latency_tradeoff", _plot_latency_tradeoff, "latency_tradeoff.png"))
         for key, maker, fname in makers:
             fig = maker(result)
-            _save_figure(fig, out / fname, bbox_inches="tight")
+            atomic_save_figure(fig, out / fname, close=False, bbox_inches="tight")
             if writer is not None:
                 writer.add_figure(key, fig)
             plt.close(fig)

@@ -209,12 +209,9 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
     ax.grid(alpha=0.3)
     # outside the axes: inside, the legend hid points of the front
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    from workbench.core.files import atomic_write_bytes
+    from workbench.core.files import atomic_save_figure
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")   # labels and the legend are not clipped
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_figure(fig, path, bbox_inches="tight")   # labels and the legend are not clipped
 
 
 def export_best(best: TrialRow, job: "SearchJob", attrs: dict[str, Any], dest: Path) -> Path:

@@ -149,7 +149,8 @@ def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
     from workbench.prune.sfp import SoftFilterPruning
     from workbench.stages.utils import save_stage_artifact, stage_seed
     from workbench.train.loop import fit
-    from workbench.stages.train import build_train_dataset, make_val_fn, settings_from_config, stage_teacher
+    from workbench.stages.train import (build_train_dataset, make_val_fn, settings_from_config,
+                                        stage_teacher, write_stage_curve)
 
     parent = ctx.load_parent()
     model = parent.model
@@ -164,6 +165,7 @@ def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
     metrics = fit(model, dataset, settings=settings, device=ctx.device, seed=seed,
                   checkpoint_dir=ctx.checkpoint_dir, callbacks=[callback], val_fn=val_fn,
                   writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id, teacher=teacher)
+    write_stage_curve(ctx, metrics.pop("curve", {}))
     model.to("cpu").eval()
     params_before = sum(p.numel() for p in model.parameters())
     pruned = callback.finalize(model)

@@ -206,6 +206,19 @@ def make_val_fn(ctx: StageContext, *, images: int = 1):
     return val_fn
 
 
+def write_stage_curve(ctx: StageContext, curve: dict) -> None:
+    """``curve.json`` and ``curve.png`` in the stage folder (rank 0): the loss and validation
+    PSNR-Y against the iteration (kept out of artifact.json, which stays small)."""
+    from workbench.core.files import atomic_write_json
+    from workbench.stages.utils import is_main
+    from workbench.train.curves import write_curve
+
+    if not is_main(ctx) or not curve:
+        return
+    atomic_write_json(ctx.stage_dir / "curve.json", curve)
+    write_curve(curve, ctx.stage_dir / "curve.png", title=f"{ctx.stage_id} ({ctx.stage_type})")
+
+
 def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
                  callbacks: list | tuple = ()) -> StageResult:
     """Train from the parent (or from scratch on its architecture) and save the stage's artifact."""
@@ -230,6 +243,7 @@ def run_training(cfg: TrainingConfig, ctx: StageContext, *, from_scratch: bool,
                   writer=ctx.writer, progress=ctx.progress, desc=ctx.stage_id, teacher=teacher)
     metrics["train_images"] = len(dataset.hr_files)
     metrics["start"] = "scratch" if from_scratch else "parent"
+    write_stage_curve(ctx, metrics.pop("curve", {}))
     model.to("cpu")
     path = save_stage_artifact(ctx, model, parent=parent, metrics=metrics, config=cfg,
                                lineage=teacher_lineage)
@@ -264,5 +278,5 @@ def finetune_stage(cfg: FinetuneConfig, ctx: StageContext) -> StageResult:
 
 
 __all__ = ["TrainingConfig", "TrainFromScratchConfig", "ContrastiveConfig", "FinetuneConfig",
-           "run_training", "settings_from_config", "build_train_dataset", "make_val_fn",
+           "run_training", "write_stage_curve", "settings_from_config", "build_train_dataset", "make_val_fn",
            "stage_teacher"]

@@ -20,7 +20,8 @@ Stable API (signatures other engineers call)::
     fit(model, dataset, *, settings, device, seed, checkpoint_dir=None, callbacks=(),
         val_fn=None, writer=None, progress=True, desc="train", teacher=None) -> dict
         # trains ``model`` in place; returns {"iterations", "loss", "loss_terms", "lr",
-        # "seconds", "val_<metric>"...}. ``dataset[i]`` gives (lr, hr) (or {"lr", "hr"}) float
+        # "seconds", "curve": {"loss": [[it, mean], ...], "val": [[it, psnr_y], ...]},
+        # "val_<metric>"...}. ``dataset[i]`` gives (lr, hr) (or {"lr", "hr"}) float
         # tensors on the 0..255 scale; ``dataset.set_epoch(e)`` is called when it exists.
         # val_fn(model) -> {"psnr_y": ..., "images": {name: uint8 HWC/CHW}} runs every
         # val_every iterations and at the end. ``teacher``: the frozen model of ``distill``
@@ -373,6 +374,9 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
         if dist_info.is_main:
             log.info("%s: resuming from %s at iteration %d", desc, ckpt_path, start)
 
+    # [iteration, value] pairs: the mean loss of each log window, the validation PSNR-Y
+    curve = history.setdefault("curve", {"loss": [], "val": []})
+
     core = model
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -422,6 +426,10 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
                     writer.add_scalar(f"val/{key}", value, iteration)
             if images:
                 _write_images(writer, images, iteration)
+        if isinstance(result.get("psnr_y"), float):
+            if curve["val"] and curve["val"][-1][0] == iteration:  # a finished stage resumed
+                curve["val"].pop()
+            curve["val"].append([iteration, result["psnr_y"]])
         shown = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
         log.info("%s: validation at iteration %d: %s", desc, iteration, shown)
         return result
@@ -490,6 +498,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
             if done % max(1, settings.log_every) == 0 or done == settings.iterations:
                 mean = window_sum / max(1, window_n)
                 history["loss"] = mean
+                curve["loss"].append([done, mean])
                 window_sum, window_n = 0.0, 0
                 if writer is not None:
                     writer.add_scalar("loss/total", mean, done)
@@ -521,6 +530,7 @@ def fit(model: nn.Module, dataset: Any, *, settings: TrainSettings, device: torc
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(time.perf_counter() - t0, 3),
         "resumed_from": start or None,
+        "curve": curve,
     }
     for key, value in (history.get("val") or {}).items():
         metrics[f"val_{key}"] = value
