@@ -541,3 +541,63 @@ def test_dashboard_is_an_optional_extra(repo_dir):
 
     extras = tomllib.loads((repo_dir / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("optuna-dashboard") for dep in extras["dashboard"])
+
+
+# -- equal-cost configurations ------------------------------------------------------------------
+
+def test_cost_key_is_equal_for_configurations_that_run_the_same_convolutions():
+    from workbench.search.latency import cost_key
+
+    def spec(*mids):
+        s = RLFNSpec.uniform(scale=2, feature=8, mid=8, esa=4, blocks=len(mids))
+        return s.with_widths({f"block{i}.mid{j}": m for i, m in enumerate(mids, 1) for j in (1, 2)})
+
+    shape = (1, 3, 16, 16)
+    early, late = cost_key(spec(4, 8, 8), shape), cost_key(spec(8, 8, 4), shape)
+    assert early == cost_key(spec(8, 4, 8), shape) == late        # the narrow block moved: same work
+    assert early != cost_key(spec(4, 4, 8), shape)                # a second narrow block: less
+    assert early != cost_key(spec(4, 8, 8), (1, 3, 16, 24))      # another input: other tensors
+    assert early != cost_key(spec(4, 8), shape)                   # one block fewer
+
+
+def test_equal_cost_configurations_share_a_latency_and_psnr_decides(tmp_path, tiny_spec):
+    """The noisier timing of two equal-cost configurations must not pick the worse one."""
+    from workbench.search.results import trial_rows, write_results
+
+    noisy = {(4, 8): 10.0, (8, 4): 11.0, (8, 8): 20.0, (4, 4): 5.0}   # (4, 8) reads faster by noise
+
+    def mids(spec):
+        return tuple(b.mid1 for b in spec.blocks)
+
+    class NoisyMeasurer(StubMeasurer):
+        def latency(self, spec):
+            self.calls += 1
+            value = noisy[mids(spec)]
+            return {"median_ms": value, "p90_ms": value, "device": "stub", "cached": False}
+
+        def compare(self, specs, *, rounds=5):
+            return {n: {"median_ms": noisy[mids(s)]} for n, s in specs.items()}
+
+    class Evaluator(StubEvaluator):   # a wide first block matters more than a wide second one
+        def psnr(self, model):
+            m = mids(model.spec)
+            return 30.0 + 0.1 * m[0] + 0.05 * m[1]
+
+    space = SearchSpace(mid=IntRange(4, 8, 4), per_block=True)
+    for premeasure in (0, 8):
+        job = tiny_job(tmp_path / f"p{premeasure}", n_trials=4, space=space, premeasure=premeasure,
+                       objective=ObjectiveConfig(objective="latency", psnr_min=30.7))
+        run_worker(job, evaluator=Evaluator(), measurer=NoisyMeasurer(tmp_path))
+        study = open_study(job)
+        rows = {tuple(b["mid1"] for b in study.trials[r.number].user_attrs["spec"]["blocks"]): r
+                for r in trial_rows(study) if r.state == "COMPLETE"}
+        assert set(rows) == set(noisy)
+        assert rows[(4, 8)].cost_key == rows[(8, 4)].cost_key != rows[(4, 4)].cost_key
+        assert rows[(4, 8)].latency_ms == rows[(8, 4)].latency_ms == 10.5     # the class median
+        assert rows[(4, 8)].measured_latency_ms == 10.0 and rows[(4, 8)].cost_class_size == 2
+        assert rows[(4, 4)].latency_ms == 5.0 and rows[(4, 4)].cost_class_size == 1
+        summary = write_results(study, job, measurer=NoisyMeasurer(tmp_path))
+        assert summary["best"]["config"] == rows[(8, 4)].summary            # 31.0 dB, not 30.8
+        assert (study.user_attrs["cost_classes"] != {}) == bool(premeasure)
+        text = (Path(job.out_dir) / "pareto.md").read_text()
+        assert "| 10.5 |" in text and "same cost" in text

@@ -33,7 +33,7 @@ from workbench.measure import timing
 from workbench.measure.timing import (DEFAULT_REPEATS, DEFAULT_WARMUP, Timer as _Timer,
                                       interleaved_times, round_ratios, spread)
 
-__all__ = ["ntire_counts", "conv_macs", "measure_latency", "ntire_latency", "sweep_trunk_widths",
+__all__ = ["ntire_counts", "conv_macs", "cost_signature", "measure_latency", "ntire_latency", "sweep_trunk_widths",
            "write_sweep_csv", "plot_sweep", "parse_shape", "parse_dtype", "parse_range",
            "device_name", "DTYPES", "spread", "hardware_id", "hardware_key", "cpu_flags",
            "interleaved_times", "round_ratios", "compare_latency", "compare_models"]
@@ -174,6 +174,30 @@ def ntire_counts(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 2
         "conv_macs": state["macs"],
         "input_shape": list(input_shape),
     }
+
+
+def cost_signature(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 256)) -> str:
+    """A short key equal for two models that do the same convolution work.
+
+    The key hashes the multiset of every Conv2d's shape (channels in and out, kernel, stride,
+    groups, bias) together with the spatial size it produces, in no particular order. Two width
+    configurations that only move a narrower width from one block to another (RLFN blocks 1-4 at
+    middle 32 against blocks 3-6) get the same key: they run the same kernels on the same tensors,
+    so any difference in their measured latencies is noise. The search pools the latencies of a
+    class (:func:`workbench.search.results.pool_equal_cost`) and lets PSNR decide inside it.
+    """
+    import hashlib
+
+    layers: list[tuple[Any, ...]] = []
+
+    def conv_hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        layers.append((mod.in_channels, mod.out_channels, *mod.kernel_size, *mod.stride, *mod.dilation,
+                       mod.groups, mod.bias is not None, *out.shape))
+
+    was_training = model.training
+    _forward_for_shapes(model.eval(), input_shape, {nn.Conv2d: conv_hook})
+    model.train(was_training)
+    return hashlib.sha256(repr(sorted(layers)).encode()).hexdigest()[:16]
 
 
 def conv_macs(model: nn.Module, *, input_shape: Sequence[int] = (1, 3, 256, 256)) -> int:

@@ -41,7 +41,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from workbench.core.errors import WorkbenchError
 from workbench.models.family import spec_from_any_dict
@@ -57,6 +57,15 @@ def device_name(device: str) -> str:
     from workbench.measure.profiling import hardware_key
 
     return hardware_key(device)
+
+
+def cost_key(spec: Any, input_shape: Sequence[int] = (1, 3, 256, 256)) -> str:
+    """The cost class of a width spec: equal for specs that run the same convolutions
+    (:func:`workbench.measure.profiling.cost_signature` of a model built from the spec)."""
+    from workbench.measure.profiling import cost_signature
+    from workbench.models import build_model
+
+    return cost_signature(build_model(spec), input_shape=tuple(input_shape))
 
 
 def software_versions() -> dict[str, str]:

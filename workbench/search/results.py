@@ -46,6 +46,9 @@ class TrialRow:
     seconds: float | None
     worker: str
     error: str
+    cost_key: str = ""                      # cost class (workbench.search.latency.cost_key)
+    measured_latency_ms: float | None = None  # this configuration's own timing; latency_ms is its class's
+    cost_class_size: int = 1                # configurations whose timings made latency_ms
 
 
 def trial_rows(study: "optuna.Study") -> list[TrialRow]:
@@ -64,8 +67,40 @@ def trial_rows(study: "optuna.Study") -> list[TrialRow]:
             duplicate_of=u.get("duplicate_of"), candidate=u.get("candidate"),
             spec_key=u.get("spec_key", ""), seconds=u.get("seconds"),
             worker=f"{worker.get('host', '')}:{worker.get('pid', '')}" if worker else "",
-            error=u.get("error", "")))
+            error=u.get("error", ""), cost_key=u.get("cost_key", ""),
+            measured_latency_ms=u.get("latency_ms")))
+    pool_equal_cost(rows, study.user_attrs.get("cost_classes"))
     return rows
+
+
+def pool_equal_cost(rows: list[TrialRow], classes: dict[str, dict[str, Any]] | None = None) -> None:
+    """Give each trial the latency of its cost class, in place (``latency_ms``; its own timing stays
+    in ``measured_latency_ms``).
+
+    Configurations that run the same convolutions (equal ``cost_key``) cost the same on any device;
+    their timings differ by the machine's noise (on a loaded 2-core machine two such RLFN-S
+    configurations read 0.805x and 0.863x the parent, and the search kept the one with the lower
+    PSNR because it read faster). The class latency is the median over the class: over every
+    configuration of the space when it was premeasured (``classes``, from
+    :func:`workbench.search.study.cost_classes`), else over the distinct configurations its trials
+    timed. The front and the selection then compare classes, and PSNR alone decides inside one.
+    Trials without a cost key (studies from before it was recorded) keep their own timing.
+    """
+    from workbench.measure.timing import spread
+
+    timed: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.cost_key and r.measured_latency_ms is not None:
+            timed.setdefault(r.cost_key, {})[r.spec_key] = float(r.measured_latency_ms)
+    for r in rows:
+        if not r.cost_key or r.measured_latency_ms is None:
+            continue
+        known = (classes or {}).get(r.cost_key)
+        if known:
+            r.latency_ms, r.cost_class_size = float(known["latency_ms"]), int(known["configs"])
+        else:
+            values = list(timed[r.cost_key].values())
+            r.latency_ms, r.cost_class_size = spread(values)["median"], len(values)
 
 
 def front_rows(rows: list[TrialRow], *, feasible_only: bool = True) -> list[TrialRow]:
@@ -83,7 +118,8 @@ def select_best(rows: list[TrialRow], job: "SearchJob", attrs: dict[str, Any]) -
     """The configuration handed to the next stage.
 
     With a PSNR floor (``latency`` objective, or ``pareto`` with --psnr-min/--psnr-drop): the
-    fastest feasible trial. With only a latency budget: the highest-PSNR feasible trial. Pareto
+    fastest feasible trial, by the latency of its cost class (:func:`pool_equal_cost`), so among
+    configurations of equal cost the highest PSNR wins. With only a latency budget: the highest-PSNR feasible trial. Pareto
     without constraints: the highest-PSNR point of the front.
     """
     front = front_rows(rows)
@@ -107,31 +143,34 @@ def write_csv(path: Path, rows: list[TrialRow], *, parent_latency: float | None)
     writer = csv.writer(buf)
     writer.writerow(["trial", "state", "config", "params", "latency_ms", "latency_ratio", "psnr_y",
                      "psnr_pruned", "feasible", "duplicate_of", "seconds", "worker", "candidate",
-                     "spec_key", "error"])
+                     "spec_key", "error", "measured_latency_ms", "cost_class_size", "cost_key"])
     for r in rows:
         ratio = r.latency_ms / parent_latency if r.latency_ms and parent_latency else None
         writer.writerow([r.number, r.state, r.summary, r.params, _fmt(r.latency_ms, 2), _fmt(ratio, 3),
                          _fmt(r.psnr_y, 4), _fmt(r.psnr_pruned, 4), r.feasible,
                          "" if r.duplicate_of is None else r.duplicate_of, _fmt(r.seconds, 1), r.worker,
-                         r.candidate or "", r.spec_key, r.error])
+                         r.candidate or "", r.spec_key, r.error, _fmt(r.measured_latency_ms, 2),
+                         r.cost_class_size, r.cost_key])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def markdown_table(front: list[TrialRow], attrs: dict[str, Any], best: TrialRow | None) -> str:
     parent_lat = attrs.get("parent_latency_ms")
     parent_psnr = attrs.get("parent_psnr_y")
-    lines = ["| trial | config | params | latency ms | x parent | PSNR-Y dB | vs parent dB | |",
-             "|---:|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| trial | config | params | latency ms | x parent | timings | PSNR-Y dB | vs parent dB | |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     if parent_lat is not None:
-        lines.append(f"| parent | {attrs.get('parent_summary', '')} | | {parent_lat:.1f} | 1.000 | "
+        lines.append(f"| parent | {attrs.get('parent_summary', '')} | | {parent_lat:.1f} | 1.000 | 1 | "
                      f"{_fmt(parent_psnr, 3)} | 0.000 | |")
     for r in front:
         ratio = r.latency_ms / parent_lat if parent_lat else float("nan")
         delta = r.psnr_y - parent_psnr if parent_psnr is not None else float("nan")
         mark = "selected" if best is not None and r.number == best.number else ""
         lines.append(f"| {r.number} | {r.summary} | {r.params or ''} | {r.latency_ms:.1f} | {ratio:.3f} | "
-                     f"{r.psnr_y:.3f} | {delta:+.3f} | {mark} |")
-    return "\n".join(lines) + "\n"
+                     f"{r.cost_class_size} | {r.psnr_y:.3f} | {delta:+.3f} | {mark} |")
+    return ("\n".join(lines) + "\n\nlatency ms: the median over the timed configurations of the same "
+            "cost (the same convolutions; `timings` counts them), so equal-cost configurations differ "
+            "only in PSNR\n")
 
 
 def _focus_range(done: list[TrialRow], attrs: dict[str, Any]) -> tuple[float, float] | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from workbench.core.errors import WorkbenchError
-from workbench.search.latency import LatencyMeasurer, LatencySettings, device_name, software_versions
+from workbench.search.latency import LatencyMeasurer, LatencySettings, cost_key, device_name, software_versions
 from workbench.search.objective import FinetuneSettings, ObjectiveConfig
 from workbench.search.space import SearchSpace, spec_key, spec_summary
 
@@ -334,6 +334,7 @@ def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, 
             ref_spec = load_model(job.reference).spec
             extra = [ref_spec] if ref_spec.scale == parent_spec.scale else []
         premeasured = premeasure_space(job, parent_spec, measurer, extra=extra)
+        classes = cost_classes(job, parent_spec, measurer) if premeasured else {}
         lat = measurer.latency(parent_spec)
         with measurer.lock.shared():
             psnr = evaluator.psnr(parent_model)
@@ -343,6 +344,7 @@ def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, 
             "parent_spec": parent_spec.to_dict(), "parent_spec_key": spec_key(parent_spec),
             "parent_psnr_y": psnr, "parent_latency_ms": _value(measurer, lat), "psnr_floor": floor,
             "latency_statistic": job.latency.statistic, "premeasured": premeasured,
+            "cost_classes": classes,
             "latency_budget_ms": job.objective.latency_budget_ms, "objective": job.objective.objective,
             "device_name": device_name(job.latency.device), "deploy_mode": job.latency.deploy,
             "eval_set": job.eval_set,
@@ -377,6 +379,22 @@ def _measure_reference(job: SearchJob, evaluator: Any, measurer: LatencyMeasurer
 
 def _value(measurer: Any, record: dict[str, Any]) -> float:
     return float(measurer.value(record)) if hasattr(measurer, "value") else float(record["median_ms"])
+
+
+def cost_classes(job: SearchJob, parent_spec: Any, measurer: Any) -> dict[str, dict[str, Any]]:
+    """Latency of each cost class of the space (configurations that run the same convolutions,
+    :func:`workbench.search.latency.cost_key`): the median over every configuration of the class,
+    from the premeasured block (cache hits, nothing is timed again). A class of fifteen
+    configurations (RLFN-S, middle 32 in any four of six blocks) is then known from fifteen
+    interleaved timings instead of one, and two of its members no longer differ by noise."""
+    from workbench.measure.timing import spread
+
+    by_class: dict[str, dict[str, float]] = {}
+    for spec in job.space.all_specs(parent_spec):
+        value = _value(measurer, measurer.latency(spec))
+        by_class.setdefault(cost_key(spec, job.latency.input_shape), {})[spec_key(spec)] = value
+    return {k: {"latency_ms": spread(list(v.values()))["median"], "configs": len(v)}
+            for k, v in by_class.items()}
 
 
 def premeasure_space(job: SearchJob, parent_spec: Any, measurer: Any, *, extra: list[Any] = ()) -> int:
@@ -426,6 +444,7 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
     key = spec_key(spec)
     params = sum(p for p in _param_count(spec))
     trial.set_user_attr("spec_key", key)
+    trial.set_user_attr("cost_key", cost_key(spec, job.latency.input_shape))
     trial.set_user_attr("spec", spec.to_dict())
     trial.set_user_attr("summary", spec_summary(spec))
     trial.set_user_attr("params", params)
