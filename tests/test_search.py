@@ -601,3 +601,13 @@ def test_equal_cost_configurations_share_a_latency_and_psnr_decides(tmp_path, ti
         assert (study.user_attrs["cost_classes"] != {}) == bool(premeasure)
         text = (Path(job.out_dir) / "pareto.md").read_text()
         assert "| 10.5 |" in text and "same cost" in text
+    # a latency budget is judged on the class latency: (4, 8) reads 10.0 ms alone, but its class
+    # costs 10.5, over a 10.2 ms budget, so the feasible best is (4, 4), not (4, 8)
+    job = tiny_job(tmp_path / "budget", n_trials=4, space=space, premeasure=8,
+                   objective=ObjectiveConfig(objective="psnr", latency_budget_ms=10.2))
+    run_worker(job, evaluator=Evaluator(), measurer=NoisyMeasurer(tmp_path))
+    study = open_study(job)
+    feasible = {tuple(b["mid1"] for b in study.trials[r.number].user_attrs["spec"]["blocks"])
+                for r in trial_rows(study) if r.feasible}
+    assert feasible == {(4, 4)}
+    assert write_results(study, job)["best"]["latency_ms"] == 5.0

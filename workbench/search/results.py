@@ -52,11 +52,16 @@ class TrialRow:
 
 
 def trial_rows(study: "optuna.Study") -> list[TrialRow]:
+    """Every trial of the study as a row, latencies pooled by cost class (:func:`pool_equal_cost`);
+    with a latency budget, a trial's feasibility is judged on its class latency too."""
     rows = []
+    other_ok: dict[int, bool] = {}      # every constraint but the latency budget holds
     for t in study.get_trials(deepcopy=False):
         u = t.user_attrs
         constraints = t.constraints
         feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in constraints.values())
+        other_ok[t.number] = t.state.name == "COMPLETE" and all(
+            v <= 0 for k, v in constraints.items() if k != "latency_ms")
         worker = u.get("worker") or {}
         rows.append(TrialRow(
             number=t.number, state=t.state.name + (" (abandoned)" if u.get("abandoned") else
@@ -70,6 +75,11 @@ def trial_rows(study: "optuna.Study") -> list[TrialRow]:
             error=u.get("error", ""), cost_key=u.get("cost_key", ""),
             measured_latency_ms=u.get("latency_ms")))
     pool_equal_cost(rows, study.user_attrs.get("cost_classes"))
+    budget = study.user_attrs.get("latency_budget_ms")
+    if budget is not None:
+        for r in rows:
+            if r.cost_key and r.latency_ms is not None:
+                r.feasible = other_ok[r.number] and r.latency_ms <= float(budget)
     return rows
 
 
