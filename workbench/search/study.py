@@ -442,9 +442,9 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
     t0 = time.perf_counter()
     spec = job.space.sample(trial, parent_spec)
     key = spec_key(spec)
-    params = sum(p for p in _param_count(spec))
+    params, cost = _params_and_cost(spec, job.latency.input_shape)
     trial.set_user_attr("spec_key", key)
-    trial.set_user_attr("cost_key", cost_key(spec, job.latency.input_shape))
+    trial.set_user_attr("cost_key", cost)
     trial.set_user_attr("spec", spec.to_dict())
     trial.set_user_attr("summary", spec_summary(spec))
     trial.set_user_attr("params", params)
@@ -505,10 +505,13 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
     return info
 
 
-def _param_count(spec: Any) -> list[int]:
+def _params_and_cost(spec: Any, input_shape: Any) -> tuple[int, str]:
+    """The parameter count and the cost key of a spec, from one model built from it."""
+    from workbench.measure.profiling import cost_signature
     from workbench.models import build_model
 
-    return [p.numel() for p in build_model(spec).parameters()]
+    model = build_model(spec)
+    return sum(p.numel() for p in model.parameters()), cost_signature(model, input_shape=tuple(input_shape))
 
 
 def _save_candidate(model: Any, job: SearchJob, number: int, spec: Any, *, psnr: float,
