@@ -611,3 +611,48 @@ def test_equal_cost_configurations_share_a_latency_and_psnr_decides(tmp_path, ti
                 for r in trial_rows(study) if r.feasible}
     assert feasible == {(4, 4)}
     assert write_results(study, job)["best"]["latency_ms"] == 5.0
+    # the sampler is told the class latency too: optuna's value of (4, 8) is 10.5, not its 10.0
+    by_mids = {tuple(b["mid1"] for b in t.user_attrs["spec"]["blocks"]): t for t in study.trials
+               if t.state.name == "COMPLETE"}
+    assert by_mids[(4, 8)].user_attrs["latency_ms"] == 10.0
+    assert by_mids[(4, 8)].user_attrs["class_latency_ms"] == 10.5
+    assert by_mids[(4, 8)].constraints["latency_ms"] == pytest.approx(10.5 - 10.2)
+    # a relative budget: 0.51 x the parent's (8, 8) = 10.2 ms, the same decision on any machine
+    for premeasure in (0, 8):
+        job = tiny_job(tmp_path / f"ratio{premeasure}", n_trials=4, space=space, premeasure=premeasure,
+                       objective=ObjectiveConfig(objective="psnr", latency_ratio=0.51))
+        run_worker(job, evaluator=Evaluator(), measurer=NoisyMeasurer(tmp_path))
+        study = open_study(job)
+        assert study.user_attrs["latency_budget_ms"] == pytest.approx(0.51 * 20.0)
+        feasible = {tuple(b["mid1"] for b in study.trials[r.number].user_attrs["spec"]["blocks"])
+                    for r in trial_rows(study) if r.feasible}
+        assert feasible == {(4, 4)}
+        summary = write_results(study, job)
+        assert summary["latency_ratio"] == 0.51 and summary["best"]["latency_ms"] == 5.0
+
+
+def test_latency_ratio_is_a_fraction_of_the_parent_and_excludes_a_budget_in_ms(tmp_path, capsys):
+    cfg = ObjectiveConfig(objective="psnr", latency_ratio=0.8)
+    assert cfg.has_budget and cfg.budget_ms(50.0) == pytest.approx(40.0)
+    assert ObjectiveConfig(objective="psnr", latency_budget_ms=7.0).budget_ms(50.0) == 7.0
+    assert ObjectiveConfig().budget_ms(50.0) is None and not ObjectiveConfig().has_budget
+    with pytest.raises(WorkbenchError, match="not both"):
+        ObjectiveConfig(latency_budget_ms=5.0, latency_ratio=0.8)
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(WorkbenchError, match=r"in \(0, 1\]"):
+            ObjectiveConfig(latency_ratio=bad)
+    with pytest.raises(WorkbenchError, match="parent's latency"):
+        cfg.budget_ms(None)
+    # a study made before the ratio existed still resumes: the unset field is not fingerprinted
+    assert "latency_ratio" not in tiny_job(tmp_path).fingerprint()["objective"]
+    assert tiny_job(tmp_path, objective=cfg).fingerprint()["objective"]["latency_ratio"] == 0.8
+    from workbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "--model", "rlfn_s_x4", "--latency-budget", "5", "--latency-ratio", "0.8"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    from workbench.stages.search import SearchStageConfig
+
+    assert SearchStageConfig(objective="psnr", latency_ratio=0.8).validate() == []
+    assert any("not both" in p for p in SearchStageConfig(latency_ratio=0.8,
+                                                          latency_budget_ms=3.0).validate())

@@ -210,6 +210,7 @@ def search_widths(model: ModelLike, space: Mapping[str, Any] | Sequence[str] | S
            *, out_dir: str | os.PathLike, trials: int = _SEARCH.trials,
            objective: str = _SEARCH.objective, psnr_drop: float | None = None,
            psnr_min: float | None = None, latency_budget_ms: float | None = None,
+           latency_ratio: float | None = None,
            per_block: bool = _SEARCH.per_block,
            finetune: FinetuneSettings | Mapping[str, Any] | None = None,
            latency: LatencySettings | Mapping[str, Any] | None = None,
@@ -270,6 +271,7 @@ def search_widths(model: ModelLike, space: Mapping[str, Any] | Sequence[str] | S
     search_job = SearchJob(
         parent=parent, out_dir=str(out_dir), n_trials=trials, space=space,
         objective=ObjectiveConfig(objective=objective, latency_budget_ms=latency_budget_ms,
+                                  latency_ratio=latency_ratio,
                                   psnr_min=psnr_min, psnr_drop=psnr_drop),
         finetune=ft, latency=lat, device=device, **job)
     return run_search(search_job, workers=workers, compare_rounds=compare_rounds)

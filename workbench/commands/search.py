@@ -26,7 +26,8 @@ while a search worker trains, as the median of repeats; it is cached per machine
 Objectives:
   pareto   maximise PSNR and minimise latency (the Pareto front); constraints optional
   latency  minimise latency subject to PSNR >= --psnr-min or parent - --psnr-drop
-  psnr     maximise PSNR subject to latency <= --latency-budget
+  psnr     maximise PSNR subject to latency <= --latency-budget MS, or <= --latency-ratio R times
+           the parent's latency (0.8: at least 20% faster than the parent, on any machine)
 
 The study lives in Optuna storage (default sqlite:///OUT/study.db). Rerun the same command to resume
 it; start several processes (--workers N, or the same command in other terminals or machines with
@@ -75,8 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"total number of trials in the study, over all workers (default {d['trials']})")
     parser.add_argument("--objective", choices=("pareto", "latency", "psnr"), default=d["objective"],
                         help="pareto (default), latency (under a PSNR floor) or psnr (under a latency budget)")
-    parser.add_argument("--latency-budget", type=float, metavar="MS",
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--latency-budget", type=float, metavar="MS",
                         help="constraint: latency <= MS milliseconds")
+    budget.add_argument("--latency-ratio", type=float, metavar="R",
+                        help="constraint: latency <= R times the parent's, both timed in this study "
+                             "(e.g. 0.8); with --premeasure the parent's class latency")
     floor = parser.add_mutually_exclusive_group()
     floor.add_argument("--psnr-min", type=float, metavar="DB", help="constraint: PSNR-Y >= DB")
     floor.add_argument("--psnr-drop", type=float, metavar="DB",
@@ -179,6 +184,7 @@ def job_from_args(args: argparse.Namespace) -> "object":
         parent=args.model, out_dir=args.out, n_trials=args.trials,
         space=SearchSpace.from_strings(args.space, per_block=args.per_block),
         objective=ObjectiveConfig(objective=args.objective, latency_budget_ms=args.latency_budget,
+                                  latency_ratio=args.latency_ratio,
                                   psnr_min=args.psnr_min, psnr_drop=args.psnr_drop),
         finetune=FinetuneSettings(iterations=args.finetune_iters, batch_size=args.batch_size,
                                   patch_size=args.patch_size, lr=args.lr, loss=args.finetune_loss,

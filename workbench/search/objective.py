@@ -6,10 +6,14 @@ Objectives (``ObjectiveConfig.objective``):
   answer. Optional constraints (a latency budget, a PSNR floor) still apply.
 - ``latency``: minimise latency subject to PSNR >= a floor (``psnr_min`` dB, or the parent's PSNR
   minus ``psnr_drop``) -- the NTIRE runtime-track rule.
-- ``psnr``: maximise PSNR subject to latency <= ``latency_budget_ms``.
+- ``psnr``: maximise PSNR subject to a latency budget: ``latency_budget_ms``, or
+  ``latency_ratio`` (a fraction of the parent's latency measured in the same study, e.g. 0.8 for
+  "at least 20% faster than the parent": the form an aim usually takes, and one that holds on any
+  machine).
 
 Constraints go through optuna 5's ``trial.set_constraint(name, value)`` (feasible when every value
-is <= 0): ``latency_ms`` = latency - budget, ``psnr_db`` = floor - PSNR.
+is <= 0): ``latency_ms`` = latency - budget, ``psnr_db`` = floor - PSNR. A ``latency_ratio`` becomes
+a budget in ms once the parent has been timed (:meth:`ObjectiveConfig.budget_ms`).
 
 A candidate is the parent pruned to the sampled spec by channel importance (so it inherits the
 parent's weights; fewer blocks keep the first ones), then a short fine-tune, then PSNR (Y channel,
@@ -35,6 +39,7 @@ class ObjectiveConfig:
 
     objective: str = "pareto"
     latency_budget_ms: float | None = None
+    latency_ratio: float | None = None     # budget = this fraction of the parent's latency
     psnr_min: float | None = None          # absolute floor (dB)
     psnr_drop: float | None = None         # floor = parent PSNR - psnr_drop (dB)
     skip_infeasible: bool = True           # no fine-tune for a candidate already over the latency budget
@@ -48,11 +53,17 @@ class ObjectiveConfig:
         if self.objective == "latency" and self.psnr_min is None and self.psnr_drop is None:
             raise WorkbenchError("objective 'latency' minimises latency under a PSNR floor: give "
                                  "--psnr-min DB or --psnr-drop DB")
-        if self.objective == "psnr" and self.latency_budget_ms is None:
+        if self.latency_budget_ms is not None and self.latency_ratio is not None:
+            raise WorkbenchError("give either a latency budget in ms (--latency-budget) or a fraction "
+                                 "of the parent's latency (--latency-ratio), not both")
+        if self.objective == "psnr" and self.latency_budget_ms is None and self.latency_ratio is None:
             raise WorkbenchError("objective 'psnr' maximises PSNR under a latency budget: give "
-                                 "--latency-budget MS")
+                                 "--latency-budget MS or --latency-ratio R")
         if self.latency_budget_ms is not None and self.latency_budget_ms <= 0:
             raise WorkbenchError(f"latency budget must be > 0 ms, got {self.latency_budget_ms}")
+        if self.latency_ratio is not None and not 0 < self.latency_ratio <= 1:
+            raise WorkbenchError(f"latency ratio must be in (0, 1] (a fraction of the parent's latency, "
+                                 f"e.g. 0.8), got {self.latency_ratio}")
         if self.psnr_drop is not None and self.psnr_drop < 0:
             raise WorkbenchError(f"psnr drop must be >= 0 dB, got {self.psnr_drop}")
 
@@ -84,17 +95,36 @@ class ObjectiveConfig:
             return [psnr, latency_ms]
         return [latency_ms] if self.objective == "latency" else [psnr]
 
-    def constraints(self, *, psnr: float, latency_ms: float, psnr_floor: float | None) -> dict[str, float]:
-        """Constraint values (<= 0 feasible) for ``trial.set_constraint``."""
-        out: dict[str, float] = {}
+    @property
+    def has_budget(self) -> bool:
+        return self.latency_budget_ms is not None or self.latency_ratio is not None
+
+    def budget_ms(self, parent_latency_ms: float | None) -> float | None:
+        """The latency constraint in ms, or None: ``latency_budget_ms``, or ``latency_ratio`` times
+        the parent's latency (measured like every candidate, in the same deploy mode)."""
         if self.latency_budget_ms is not None:
-            out["latency_ms"] = float(latency_ms) - float(self.latency_budget_ms)
+            return float(self.latency_budget_ms)
+        if self.latency_ratio is not None:
+            if parent_latency_ms is None or not parent_latency_ms > 0:
+                raise WorkbenchError("--latency-ratio needs the parent's latency, which was not measured")
+            return float(self.latency_ratio) * float(parent_latency_ms)
+        return None
+
+    def constraints(self, *, psnr: float, latency_ms: float, psnr_floor: float | None,
+                    budget_ms: float | None = None) -> dict[str, float]:
+        """Constraint values (<= 0 feasible) for ``trial.set_constraint``; ``budget_ms`` is the
+        resolved latency budget (:meth:`budget_ms`; default ``latency_budget_ms``)."""
+        budget = self.latency_budget_ms if budget_ms is None else budget_ms
+        out: dict[str, float] = {}
+        if budget is not None:
+            out["latency_ms"] = float(latency_ms) - float(budget)
         if psnr_floor is not None:
             out["psnr_db"] = float(psnr_floor) - float(psnr)
         return out
 
-    def over_budget(self, latency_ms: float) -> bool:
-        return self.latency_budget_ms is not None and latency_ms > self.latency_budget_ms
+    def over_budget(self, latency_ms: float, budget_ms: float | None = None) -> bool:
+        budget = self.latency_budget_ms if budget_ms is None else budget_ms
+        return budget is not None and latency_ms > budget
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,9 @@ def plot_front(path: Path, rows: list[TrialRow], front: list[TrialRow], attrs: d
     if attrs.get("psnr_floor") is not None:
         ax.axhline(attrs["psnr_floor"], ls="--", c="tab:orange", lw=0.8, label="PSNR floor")
     if attrs.get("latency_budget_ms") is not None:
-        ax.axvline(attrs["latency_budget_ms"], ls="--", c="tab:purple", lw=0.8, label="latency budget")
+        ratio = attrs.get("latency_ratio")
+        ax.axvline(attrs["latency_budget_ms"], ls="--", c="tab:purple", lw=0.8,
+                   label=f"latency budget ({ratio:g}x parent)" if ratio else "latency budget")
     if focus is not None:
         ax.set_ylim(*focus)
     if clipped:
@@ -324,6 +326,7 @@ def write_results(study: "optuna.Study", job: "SearchJob", *, measurer: "Latency
                    "distinct_configs": len({r.spec_key for r in rows if r.spec_key})},
         "parent": {k[len("parent_"):]: v for k, v in attrs.items() if k.startswith("parent_")},
         "psnr_floor": attrs.get("psnr_floor"), "latency_budget_ms": attrs.get("latency_budget_ms"),
+        "latency_ratio": attrs.get("latency_ratio"),
         "device": attrs.get("device_name"), "deploy_mode": attrs.get("deploy_mode"),
         "versions": attrs.get("versions"),
         "front": [{"trial": r.number, "config": r.summary, "latency_ms": r.latency_ms, "psnr_y": r.psnr_y,

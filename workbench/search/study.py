@@ -82,7 +82,10 @@ class SearchJob:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change when a stored study is continued."""
-        return {"parent": self.parent, "criterion": self.criterion, "space": self.space.to_dict(), "objective": asdict(self.objective),
+        objective = asdict(self.objective)
+        if objective.get("latency_ratio") is None:  # studies made before the ratio existed resume
+            objective.pop("latency_ratio", None)
+        return {"parent": self.parent, "criterion": self.criterion, "space": self.space.to_dict(), "objective": objective,
                 "finetune": asdict(self.finetune), "eval_set": self.eval_set,
                 "latency": {k: v for k, v in asdict(self.latency).items()
                             if k in ("device", "input_shape", "dtype", "threads", "ntire_folder", "deploy")}}
@@ -339,13 +342,18 @@ def ensure_prepared(study: "optuna.Study", job: SearchJob, *, parent_spec: Any, 
         with measurer.lock.shared():
             psnr = evaluator.psnr(parent_model)
         floor = job.objective.psnr_floor(psnr)
+        parent_ms = _value(measurer, lat)
+        parent_class = classes.get(cost_key(parent_spec, job.latency.input_shape))
+        # a relative budget is a fraction of the parent's latency as the trials are judged: its
+        # class latency from the premeasured block when there is one, else its own timing
+        budget = job.objective.budget_ms(parent_class["latency_ms"] if parent_class else parent_ms)
         values = {
             "fingerprint": _jsonable(job.fingerprint()), "parent": job.parent,
             "parent_spec": parent_spec.to_dict(), "parent_spec_key": spec_key(parent_spec),
-            "parent_psnr_y": psnr, "parent_latency_ms": _value(measurer, lat), "psnr_floor": floor,
+            "parent_psnr_y": psnr, "parent_latency_ms": parent_ms, "psnr_floor": floor,
             "latency_statistic": job.latency.statistic, "premeasured": premeasured,
-            "cost_classes": classes,
-            "latency_budget_ms": job.objective.latency_budget_ms, "objective": job.objective.objective,
+            "cost_classes": classes, "latency_ratio": job.objective.latency_ratio,
+            "latency_budget_ms": budget, "objective": job.objective.objective,
             "device_name": device_name(job.latency.device), "deploy_mode": job.latency.deploy,
             "eval_set": job.eval_set,
             "versions": software_versions(), "created": time.time(),
@@ -453,6 +461,14 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
     lat = measurer.latency(spec)
     latency_ms = _value(measurer, lat)
     trial.set_user_attr("latency_ms", latency_ms)
+    # The latency the trial is judged by: its cost class's when the space was premeasured (the
+    # median over every configuration that runs the same convolutions, see
+    # results.pool_equal_cost), so the sampler learns from the same figure the front is drawn with.
+    known = (attrs.get("cost_classes") or {}).get(cost)
+    judged_ms = float(known["latency_ms"]) if known else latency_ms
+    if known:
+        trial.set_user_attr("class_latency_ms", judged_ms)
+    budget = attrs.get("latency_budget_ms")
     trial.set_user_attr("latency", {k: lat.get(k) for k in ("median_ms", "p90_ms", "min_ms", "device", "deploy", "dtype",
                                                            "threads", "input_shape", "torch",
                                                            "protocol", "cached")})
@@ -470,7 +486,7 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
             if k in duplicate.user_attrs:
                 trial.set_user_attr(k, duplicate.user_attrs[k])
     else:
-        skip = job.objective.skip_infeasible and job.objective.over_budget(latency_ms)
+        skip = job.objective.skip_infeasible and job.objective.over_budget(judged_ms, budget)
         with measurer.lock.shared():
             model = evaluator.build(spec)
             psnr_pruned = float(evaluator.psnr(model))
@@ -493,13 +509,14 @@ def run_trial(study: "optuna.Study", trial: "optuna.trial.Trial", job: SearchJob
     if not math.isfinite(psnr):
         raise WorkbenchError(f"trial {trial.number}: PSNR is {psnr}")
     trial.set_user_attr("psnr_y", psnr)
-    constraints = job.objective.constraints(psnr=psnr, latency_ms=latency_ms, psnr_floor=floor)
+    constraints = job.objective.constraints(psnr=psnr, latency_ms=judged_ms, psnr_floor=floor,
+                                            budget_ms=budget)
     for name, value in constraints.items():
         trial.set_constraint(name, value)
     feasible = all(v <= 0 for v in constraints.values())
     trial.set_user_attr("feasible", feasible)
     trial.set_user_attr("seconds", time.perf_counter() - t0)
-    study.tell(trial, job.objective.values(psnr=psnr, latency_ms=latency_ms), state=TrialState.COMPLETE)
+    study.tell(trial, job.objective.values(psnr=psnr, latency_ms=judged_ms), state=TrialState.COMPLETE)
     info.update(psnr_y=psnr, feasible=feasible, duplicate=duplicate is not None,
                 seconds=time.perf_counter() - t0)
     return info

@@ -55,6 +55,9 @@ class SearchStageConfig:
                 "a latency budget)", "choices": ["pareto", "latency", "psnr"]})
     latency_budget_ms: float | None = field(default=None, metadata={
         "help": "constraint: latency <= this many ms", "gt": 0})
+    latency_ratio: float | None = field(default=None, metadata={
+        "help": "constraint: latency <= this fraction of the parent's, timed in the same study "
+                "(0.8: at least 20% faster); instead of latency_budget_ms", "gt": 0, "max": 1})
     psnr_min: float | None = field(default=None, metadata={"help": "constraint: PSNR-Y >= this (dB)"})
     psnr_drop: float | None = field(default=None, metadata={
         "help": "constraint: PSNR-Y >= parent's PSNR - this (dB)", "min": 0})
@@ -127,6 +130,7 @@ class SearchStageConfig:
                 problems.append(f"deploy: unknown mode {self.deploy!r}; modes: {', '.join(MODES)}")
         try:
             ObjectiveConfig(objective=self.objective, latency_budget_ms=self.latency_budget_ms,
+                            latency_ratio=self.latency_ratio,
                             psnr_min=self.psnr_min, psnr_drop=self.psnr_drop)
         except WorkbenchError as exc:
             problems.append(f"objective: {exc}")
@@ -164,6 +168,7 @@ def job_for_stage(cfg: SearchStageConfig, ctx: StageContext) -> Any:
         parent=str(ctx.parent if ctx.parent is not None else ctx.model_ref), out_dir=str(ctx.stage_dir),
         n_trials=cfg.trials, space=SearchSpace.from_strings(cfg.space, per_block=cfg.per_block),
         objective=ObjectiveConfig(objective=cfg.objective, latency_budget_ms=cfg.latency_budget_ms,
+                                  latency_ratio=cfg.latency_ratio,
                                   psnr_min=cfg.psnr_min, psnr_drop=cfg.psnr_drop),
         finetune=FinetuneSettings(iterations=cfg.finetune_iters, batch_size=cfg.batch_size,
                                   patch_size=cfg.patch_size, lr=cfg.lr,
