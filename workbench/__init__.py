@@ -11,6 +11,8 @@ The public API (each name is imported on first use, so ``import workbench`` stay
     list(workbench.channel_groups(art.model))                # coupled channel groups
     small = workbench.prune_to_widths(art.model, {"trunk": 46})
     workbench.sensitivity(art, ratios=[0.5]).ranking         # one-shot PSNR drop per group
+    from workbench.data.benchmark import load_set
+    workbench.plan_cuts(art.model, load_set("Set5", 4), width=16, target_ratio=0.8).widths
     workbench.search_widths(art, {"trunk": "40:48:8"}, trials=4, out_dir="runs/s")["best"]
     workbench.save_artifact("rlfn_s46", small)
 
@@ -28,6 +30,7 @@ _API = {
     "save_artifact": ("workbench.models.artifacts", "save_artifact"),
     "channel_groups": ("workbench.prune.groups", "channel_groups"),
     "prune_to_widths": ("workbench.prune.surgery", "prune_to_widths"),
+    "plan_cuts": ("workbench.prune.plan", "plan_cuts"),
     "evaluate": ("workbench.api", "evaluate"),
     "profile": ("workbench.api", "profile"),
     "sensitivity": ("workbench.api", "sensitivity"),

@@ -1,4 +1,5 @@
-"""`workbench prune groups|apply`: list a model's coupled channel groups, or prune it to widths."""
+"""`workbench prune groups|apply|plan`: list a model's coupled channel groups, prune it to widths,
+or let a measured plan choose the groups that reach a latency target."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from workbench.core.errors import WorkbenchError
 
-HELP = "list a model's channel groups, or prune it physically to given group widths"
+HELP = "list a model's channel groups, prune it to given widths, or plan the cuts for a latency target"
 
 DESCRIPTION = """\
 Channel groups are sets of channels that must be removed together (a residual add or ESA's
@@ -26,9 +27,21 @@ block<i>.mid1 / mid2, tail, fuse); the conv before PixelShuffle keeps all its ou
       Prints PSNR-Y on the embedded Set5 before and after (one-shot, no retraining) and warns
       when it drops by more than 0.5 dB.
 
+  workbench prune plan --model REF --width 16 --latency-ratio 0.8 [--deploy fused bf16] --out DIR
+      choose the groups by measurement: each candidate group is cut alone to --width and scored
+      one-shot on the validation set; they are taken in order of that PSNR drop, and after each
+      the model cut so far is timed interleaved with the parent in every --deploy mode, until it
+      runs at most --latency-ratio times the parent's latency in all of them. Writes plan.csv,
+      plan.json, plan.png (one-shot PSNR against latency as the plan grows) and, when the target
+      is reached, the pruned model at DIR/artifact (exit 1 when it is not: the table shows the
+      closest point). Sums of single-group savings mislead on CPUs that compute channels in blocks,
+      so nothing is added up.
+
 examples:
   workbench prune groups --model rlfn_s_x4
   workbench prune apply --model rlfn_s_x4 --widths trunk=46 block2.mid1=40 --out pruned46
+  workbench prune plan --model span_ch28_x4 --width 16 --latency-ratio 0.8 --deploy fused bf16 \\
+      --out plans/span
 """
 
 
@@ -69,6 +82,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="interleaved (parent, pruned) pairs for --latency (default 10)")
 
 
+    plan = sub.add_parser("plan", help="choose the groups to cut for a latency target, by measurement",
+                          description="Grow a pruning plan in sensitivity order until the model runs "
+                                      "at most --latency-ratio times the parent's latency (see "
+                                      "'workbench prune --help').")
+    plan.add_argument("--model", required=True, metavar="REF",
+                      help="a model name (span_ch28_x4), released .pth or artifact")
+    plan.add_argument("--width", type=int, default=16, metavar="W",
+                      help="width each chosen group is cut to (default 16: oneDNN's channel block)")
+    plan.add_argument("--latency-ratio", type=float, default=0.8, metavar="R",
+                      help="target: latency <= R times the parent's in every mode (default 0.8)")
+    plan.add_argument("--groups", nargs="+", default=None, metavar="PATTERN",
+                      help="candidate groups, shell patterns (default: every group wider than W)")
+    plan.add_argument("--deploy", nargs="+", default=None, metavar="MODE",
+                      help="deploy modes timed (default: the fastest fp32 mode, fused on CPU)")
+    plan.add_argument("--set", default="Set5", help="validation set of the one-shot scores (default Set5)")
+    plan.add_argument("--data-root", default=None, metavar="DIR",
+                      help="folder holding --set (default: the embedded Set5)")
+    plan.add_argument("--criterion", default="output", metavar="NAME", help="channel importance (default output)")
+    plan.add_argument("--latency-shape", default="1x3x256x256", metavar="NxCxHxW",
+                      help="LR input timed (default 1x3x256x256)")
+    plan.add_argument("--rounds", type=int, default=10, metavar="N",
+                      help="interleaved (parent, pruned) pairs per step (default 10)")
+    plan.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads while timing")
+    plan.add_argument("--max-groups", type=int, default=None, metavar="N", help="take at most N groups")
+    plan.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="folder for plan.csv, plan.json, plan.png and artifact/")
+    plan.add_argument("--no-plots", action="store_true", help="skip plan.png")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from workbench.data.benchmark import load_set
+    from workbench.measure.profiling import parse_shape
+    from workbench.models.artifacts import load_model, make_lineage, save_artifact
+    from workbench.prune.plan import plan_cuts, write_plan
+    from workbench.prune.surgery import prune_to_widths
+
+    art = load_model(args.model)
+    pset = load_set(args.set, art.spec.scale, data_root=args.data_root)
+    plan = plan_cuts(art.model, pset, width=args.width, target_ratio=args.latency_ratio,
+                     groups=args.groups, criterion=args.criterion, modes=args.deploy,
+                     input_shape=parse_shape(args.latency_shape), rounds=args.rounds,
+                     threads=args.threads, max_groups=args.max_groups, progress=True)
+    files = write_plan(plan, args.out, plots=not args.no_plots)
+    print(plan.format())
+    if not plan.reached:
+        print(f"wrote {', '.join(str(f) for f in files)}; no artifact (target not reached)")
+        return 1
+    pruned = prune_to_widths(art.model, plan.widths, criterion=args.criterion)
+    save_artifact(args.out / "artifact", pruned,
+                  lineage=make_lineage(parent=art if art.path else args.model, stage="prune plan",
+                                       criterion=args.criterion, widths=plan.widths),
+                  config={"command": "prune plan", "width": args.width,
+                          "latency_ratio": args.latency_ratio, "deploy": plan.modes},
+                  metrics={"params": sum(p.numel() for p in pruned.parameters()),
+                           "one_shot_drop_db": plan.steps[-1].drop_db,
+                           "latency_ratio": plan.steps[-1].latency_ratio})
+    print(f"widths: {' '.join(f'{g}={w}' for g, w in plan.widths.items())}")
+    print(f"wrote {', '.join(str(f) for f in files)} and {args.out / 'artifact'}")
+    return 0
+
+
 def parse_widths(items: list[str]) -> dict[str, int]:
     """['trunk=46', 'block2.mid1=40'] -> {'trunk': 46, 'block2.mid1': 40} (WorkbenchError if bad)."""
     out: dict[str, int] = {}
@@ -96,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
     from workbench.models.artifacts import load_model, make_lineage, save_artifact
 
     if args.prune_command is None:
-        raise WorkbenchError("say what to do: 'workbench prune groups' or 'workbench prune apply' "
+        raise WorkbenchError("say what to do: 'workbench prune groups', 'prune apply' or 'prune plan' "
                              "(see --help)")
+    if args.prune_command == "plan":
+        return run_plan(args)
     art = load_model(args.model)
     if args.prune_command == "groups":
         rows = _groups_table(art.model)

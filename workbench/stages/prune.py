@@ -196,8 +196,47 @@ def sfp_stage(cfg: SFPConfig, ctx: StageContext) -> StageResult:
 
 
 @dataclass(frozen=True)
+class PlanConfig:
+    """Choose the groups to cut by measurement (:mod:`workbench.prune.plan`): groups pruned to
+    ``width`` in order of their one-shot PSNR drop until the model runs at most ``latency_ratio``
+    times the parent's latency in every deploy mode."""
+
+    latency_ratio: float = field(default=0.8, metadata={
+        "help": "target: latency <= this fraction of the parent's, in every mode", "gt": 0, "max": 1})
+    width: int = field(default=16, metadata={
+        "help": "the width each chosen group is cut to (16: oneDNN's channel block on AVX-512)", "min": 1})
+    groups: list[str] | None = field(default=None, metadata={
+        "help": "shell patterns of the candidate groups (default: every group wider than width)"})
+    deploy: list[str] | None = field(default=None, metadata={
+        "help": "deploy modes timed, e.g. [fused, bf16] (default: the device's fastest fp32 mode)"})
+    input_shape: list[int] = field(default_factory=lambda: [1, 3, 256, 256], metadata={
+        "help": "LR input shape N, C, H, W timed"})
+    rounds: int = field(default=10, metadata={"help": "interleaved (parent, pruned) pairs per step", "min": 1})
+    set: str | None = field(default=None, metadata={
+        "help": "validation set of the one-shot scores (default: the first of data.val.sets)"})
+    root: str | None = field(default=None, metadata={"help": "folder holding the set (default: data.val.root)",
+                                                     "exists": "dir"})
+    max_groups: int | None = field(default=None, metadata={"help": "take at most this many groups", "min": 1})
+    on_missed: str = field(default="error", metadata={
+        "help": "target not reached with every candidate: error (stop the recipe) or last (prune "
+                "every group taken)", "choices": ["error", "last"]})
+
+    def validate(self) -> list[str]:
+        problems = []
+        if len(self.input_shape) != 4 or min(self.input_shape, default=0) < 1:
+            problems.append(f"plan.input_shape: must be four positive sizes, got {self.input_shape}")
+        if self.deploy is not None:
+            from workbench.measure.deploy import MODES
+
+            problems += [f"plan.deploy: unknown mode {m!r}; modes: {', '.join(MODES)}"
+                         for m in self.deploy if m not in MODES]
+        return problems
+
+
+@dataclass(frozen=True)
 class PruneConfig:
-    """One-shot physical pruning to target widths (no training)."""
+    """One-shot physical pruning to target widths (no training), or to the widths a measured
+    plan chooses (``plan``)."""
 
     trunk: int | None = field(default=None, metadata={"help": "width of every trunk group", "min": 1})
     targets: dict[str, int] | None = field(default=None, metadata={
@@ -208,10 +247,17 @@ class PruneConfig:
         "help": "keep only these blocks (1-based, increasing), e.g. [1, 2, 3, 5], for a family with "
                 "repeatable blocks (RLFN, DIPNet, SPAN); the last kept block feeds conv_2 (SPAN: "
                 "also conv_cat's tapped slice); a fine-tune must follow"})
+    plan: PlanConfig | None = field(default=None, metadata={
+        "help": "choose the groups by measurement instead of targets: {latency_ratio: 0.8, width: 16, "
+                "deploy: [fused, bf16]}; writes plan.csv, plan.json and plan.png"})
 
     def validate(self) -> list[str]:
+        if self.plan is not None:
+            if self.trunk is not None or self.targets:
+                return ["plan: give either plan or trunk/targets, not both"]
+            return self.plan.validate()
         if self.trunk is None and not self.targets and not self.keep_blocks:
-            return ["trunk: give trunk, targets and/or keep_blocks"]
+            return ["trunk: give trunk, targets, keep_blocks and/or plan"]
         if self.keep_blocks is not None and (not self.keep_blocks or any(k < 1 for k in self.keep_blocks)
                                              or sorted(set(self.keep_blocks)) != list(self.keep_blocks)):
             return [f"keep_blocks: must be increasing block numbers from 1, got {self.keep_blocks}"]
@@ -228,12 +274,47 @@ def prune_stage(cfg: PruneConfig, ctx: StageContext) -> StageResult:
     widths = ({"trunk": cfg.trunk} if cfg.trunk is not None else {}) | dict(cfg.targets or {})
     before = sum(p.numel() for p in parent.model.parameters())
     model = drop_blocks(parent.model, keep=cfg.keep_blocks) if cfg.keep_blocks else parent.model
+    metrics: dict[str, Any] = {"params_before": before}
+    note = ""
+    if cfg.plan is not None:
+        plan = _run_plan(cfg, ctx, model)
+        widths = plan.widths
+        last = plan.steps[-1]
+        metrics["plan"] = {"widths": widths, "reached": plan.reached, "target_ratio": plan.target_ratio,
+                           "latency_ratio": last.latency_ratio, "one_shot_drop_db": last.drop_db,
+                           "set": plan.set_name}
+        note = (f"; plan: {len(widths)} groups to {plan.width}, "
+                + ", ".join(f"{m} {r:.3f}x" for m, r in last.latency_ratio.items())
+                + f", one-shot {-last.drop_db:+.3f} dB on {plan.set_name}")
     pruned = prune_to_widths(model, widths, criterion=cfg.criterion) if widths else model
     after = sum(p.numel() for p in pruned.parameters())
-    path = save_stage_artifact(ctx, pruned, parent=parent, config=cfg,
-                               metrics={"params_before": before, "params": after})
-    return StageResult(artifact=path, metrics={"params_before": before, "params": after},
-                       summary=f"params {before:,} -> {after:,}")
+    metrics["params"] = after
+    path = save_stage_artifact(ctx, pruned, parent=parent, config=cfg, metrics=metrics)
+    return StageResult(artifact=path, metrics=metrics, summary=f"params {before:,} -> {after:,}{note}")
 
 
-__all__ = ["SensitivityConfig", "SFPConfig", "PruneConfig"]
+def _run_plan(cfg: PruneConfig, ctx: StageContext, model: Any) -> Any:
+    """The stage's measured plan (written to its folder); an unreached target stops the recipe
+    unless ``on_missed: last``."""
+    from workbench.core.errors import WorkbenchError
+    from workbench.data.benchmark import load_set
+    from workbench.prune.plan import plan_cuts, write_plan
+
+    p = cfg.plan
+    set_name, root = _val_set(ctx, p.set, p.root)
+    plan = plan_cuts(model, load_set(set_name, ctx.scale, data_root=root), width=p.width,
+                     target_ratio=p.latency_ratio, groups=p.groups, criterion=cfg.criterion,
+                     modes=p.deploy, input_shape=p.input_shape, rounds=p.rounds, device=ctx.device,
+                     max_groups=p.max_groups, progress=ctx.progress)
+    write_plan(plan, ctx.stage_dir)
+    log.info("pruning plan of %s:\n%s", ctx.stage_id, plan.format())
+    if not plan.reached and p.on_missed == "error":
+        closest = ", ".join(f"{m} {r:.3f}x" for m, r in plan.steps[-1].latency_ratio.items())
+        raise WorkbenchError(f"prune stage {ctx.stage_id}: the plan did not reach {p.latency_ratio:g}x "
+                             f"the parent's latency with {len(plan.steps)} groups at width {p.width} "
+                             f"(closest {closest}; table in {ctx.stage_dir / 'plan.csv'}); raise "
+                             f"latency_ratio, widen groups, or set plan.on_missed: last")
+    return plan
+
+
+__all__ = ["SensitivityConfig", "SFPConfig", "PlanConfig", "PruneConfig"]
